@@ -1,0 +1,5 @@
+//! Protocol adapters: each turns its wire format into pipeline Commands and
+//! the pipeline's verdicts back into wire messages. Adapters never decide
+//! policy, mask or record on their own; they call the pipeline.
+
+pub mod postgres;

@@ -1,0 +1,1 @@
+//! PostgreSQL masking rewrites (placeholder).

@@ -1,0 +1,3 @@
+//! PostgreSQL adapter: listener, session loop, upstream connection.
+
+pub mod masking;

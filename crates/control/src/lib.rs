@@ -1,0 +1,4 @@
+//! Control plane: configuration, the audit store, the REST API and metrics.
+
+pub mod api;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Masking of sensitive values in responses (placeholder; see issue 5).
