@@ -2,4 +2,6 @@
 //! the pipeline's verdicts back into wire messages. Adapters never decide
 //! policy, mask or record on their own; they call the pipeline.
 
+pub mod io;
 pub mod postgres;
+pub mod tls;

@@ -1,1 +1,76 @@
-fn main() {}
+//! The `airlock` binary: the gateway (`serve`), the quick start (`demo`) and
+//! the operator CLI that talks to the REST API.
+
+mod cli;
+mod demo;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Airlock: a Layer 7 access gateway. Native clients connect through it; it
+/// authenticates them, decides every command with policy, holds risky ones
+/// for approval, masks sensitive data and records every session.
+#[derive(Parser)]
+#[command(name = "airlock", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, env = "AIRLOCK_CONFIG", default_value = "airlock.toml")]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL with sample PII data and the gateway in
+    /// front of it, and print ready-to-paste psql lines. Ctrl-C cleans up.
+    Demo(demo::DemoArgs),
+    /// Recorded sessions (via the REST API: AIRLOCK_URL, AIRLOCK_TOKEN).
+    #[command(subcommand)]
+    Sessions(cli::sessions::SessionsCmd),
+    /// The tamper-evident audit log (via the REST API).
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCmd),
+    /// Validate policies and explain verdicts (local, no API needed).
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve::run(config).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Sessions(cmd) => cli::sessions::run(cmd).await,
+            Command::Audit(cmd) => cli::audit::run(cmd).await,
+            Command::Policy(cmd) => cli::policy::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(cli::Failure(code)) = e.downcast_ref::<cli::Failure>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("airlock: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,4 +1,5 @@
 //! Control plane: configuration, the audit store, the REST API and metrics.
 
 pub mod api;
+pub mod config;
 pub mod store;

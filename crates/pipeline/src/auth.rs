@@ -100,14 +100,23 @@ mod tests {
 
     #[test]
     fn right_token_authenticates() {
-        assert_eq!(reg().authenticate("agent", b"s3cret").unwrap().name, "agent");
+        assert_eq!(
+            reg().authenticate("agent", b"s3cret").unwrap().name,
+            "agent"
+        );
     }
 
     #[test]
     fn wrong_token_or_name_fails_alike() {
         let r = reg();
-        assert_eq!(r.authenticate("agent", b"nope"), Err(AuthError::BadCredentials));
-        assert_eq!(r.authenticate("nobody", b"s3cret"), Err(AuthError::BadCredentials));
+        assert_eq!(
+            r.authenticate("agent", b"nope"),
+            Err(AuthError::BadCredentials)
+        );
+        assert_eq!(
+            r.authenticate("nobody", b"s3cret"),
+            Err(AuthError::BadCredentials)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod approvals;
 pub mod auth;
 pub mod classify;
 pub mod mask;
@@ -15,4 +16,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod record;
 
-
+pub use pipeline::Pipeline;

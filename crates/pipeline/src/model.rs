@@ -110,9 +110,6 @@ pub struct CommandInput {
     /// Bind parameters rendered for humans and policy (`None` = SQL NULL).
     pub params: Vec<Option<String>>,
     pub via: CommandVia,
-    /// SHA-256 of the exact wire bytes that would be forwarded if allowed;
-    /// approvals bind to this.
-    pub wire_sha256: [u8; 32],
 }
 
 /// Coarse class of what a statement does; policy actions are built from it.

@@ -1,1 +1,383 @@
-//! placeholder
+//! The pipeline every adapter calls: authenticate and open a session, then for
+//! each command classify, decide, record (before forwarding) and answer with
+//! an [`Admission`]. Results are recorded after the fact. Nothing here knows
+//! a wire format.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Histogram};
+use uuid::Uuid;
+
+use crate::auth::IdentityRegistry;
+use crate::classify::{ClassifyLimits, SqlClassifier, SqlDialect};
+use crate::mask::{ConnectionMasker, Masker};
+use crate::model::{
+    Classification, CommandInput, ConnectionInfo, Decision, Identity, Protocol, SessionInfo,
+    Verdict,
+};
+use crate::policy::{PolicyContext, PolicyEngine};
+use crate::record::{AuditEvent, AuditSink, EventBody, MaskCount};
+
+/// Why a connection attempt was refused. The adapter maps each to its
+/// protocol's error; the variants are deliberately coarse for the client.
+#[derive(Debug, Clone)]
+pub enum ConnectRefusal {
+    /// Unknown identity or wrong token (indistinguishable on purpose).
+    BadCredentials,
+    /// The connection name does not exist (or is not of this protocol).
+    UnknownConnection,
+    /// Policy does not allow `connect`.
+    Denied(Decision),
+    /// The audit store could not record the session: fail closed.
+    AuditUnavailable,
+}
+
+/// Facts about a connection attempt, as the adapter saw them.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest<'a> {
+    pub user: &'a str,
+    pub token: &'a [u8],
+    pub connection: &'a str,
+    pub protocol: Protocol,
+    pub client_addr: SocketAddr,
+    pub application_name: Option<String>,
+    pub tls: bool,
+}
+
+/// What the adapter must do with a command.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Forward it; it has been recorded as command `seq`.
+    Forward { seq: u64 },
+    /// Do not forward it; tell the client `message` with `sqlstate`.
+    Refuse {
+        seq: u64,
+        sqlstate: &'static str,
+        message: String,
+    },
+}
+
+/// What came back for a command, reported by the adapter.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOutcome {
+    pub tags: Vec<String>,
+    pub rows: u64,
+    pub duration: Duration,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub masked: Vec<MaskCount>,
+}
+
+/// Byte and command counts for the end-of-session record.
+#[derive(Debug, Clone, Default)]
+pub struct SessionTotals {
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub commands: u64,
+}
+
+/// Everything the pipeline needs, built by the binary from config.
+pub struct PipelineParts {
+    pub identities: IdentityRegistry,
+    pub connections: Vec<ConnectionInfo>,
+    pub policy: Arc<PolicyEngine>,
+    pub audit: Arc<dyn AuditSink>,
+    pub masker: Masker,
+    pub classify_limits: ClassifyLimits,
+}
+
+struct Meters {
+    sessions: Counter,
+    auth_failures: Counter,
+    allowed: Counter,
+    denied: Counter,
+    reviewed: Counter,
+    audit_errors: Counter,
+    decide_seconds: Histogram,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            sessions: metrics::counter!("airlock_sessions_total"),
+            auth_failures: metrics::counter!("airlock_auth_failures_total"),
+            allowed: metrics::counter!("airlock_commands_total", "verdict" => "allow"),
+            denied: metrics::counter!("airlock_commands_total", "verdict" => "deny"),
+            reviewed: metrics::counter!("airlock_commands_total", "verdict" => "review"),
+            audit_errors: metrics::counter!("airlock_audit_errors_total"),
+            decide_seconds: metrics::histogram!("airlock_decide_seconds"),
+        }
+    }
+}
+
+/// The protocol-neutral enforcement pipeline. Cheap to share (`Arc`).
+pub struct Pipeline {
+    identities: ArcSwap<IdentityRegistry>,
+    connections: ArcSwap<HashMap<String, Arc<ConnectionInfo>>>,
+    policy: Arc<PolicyEngine>,
+    sql: SqlClassifier,
+    audit: Arc<dyn AuditSink>,
+    masker: ArcSwap<Masker>,
+    meters: Meters,
+}
+
+impl Pipeline {
+    pub fn new(parts: PipelineParts) -> Arc<Pipeline> {
+        let connections = parts
+            .connections
+            .into_iter()
+            .map(|c| (c.name.clone(), Arc::new(c)))
+            .collect();
+        Arc::new(Pipeline {
+            identities: ArcSwap::from_pointee(parts.identities),
+            connections: ArcSwap::from_pointee(connections),
+            policy: parts.policy,
+            sql: SqlClassifier::new(SqlDialect::Postgres, parts.classify_limits),
+            audit: parts.audit,
+            masker: ArcSwap::from_pointee(parts.masker),
+            meters: Meters::new(),
+        })
+    }
+
+    pub fn policy(&self) -> &Arc<PolicyEngine> {
+        &self.policy
+    }
+
+    pub fn identities(&self) -> Arc<IdentityRegistry> {
+        self.identities.load_full()
+    }
+
+    /// Classifies SQL text (cached); used at Parse to warm the cache.
+    pub fn classify_sql(&self, text: &str) -> Arc<Classification> {
+        self.sql.classify(text)
+    }
+
+    /// Authenticates a client, checks `connect`, and records the session
+    /// start before anything reaches the target.
+    pub async fn connect(
+        self: &Arc<Self>,
+        req: ConnectRequest<'_>,
+    ) -> Result<Session, ConnectRefusal> {
+        let identity = match self.identities.load().authenticate(req.user, req.token) {
+            Ok(id) => id,
+            Err(_) => {
+                self.refused(&req, "bad credentials").await;
+                return Err(ConnectRefusal::BadCredentials);
+            }
+        };
+        let connection = match self.connections.load().get(req.connection) {
+            Some(c) if c.protocol == req.protocol => c.clone(),
+            _ => {
+                self.refused(&req, "unknown connection").await;
+                return Err(ConnectRefusal::UnknownConnection);
+            }
+        };
+        let policy = self.policy.current();
+        let decision = policy.decide_connect(&identity, &connection);
+        if decision.verdict != Verdict::Allow {
+            self.refused(&req, &format!("connect {}", decision.verdict.as_str()))
+                .await;
+            return Err(ConnectRefusal::Denied(decision));
+        }
+        let unmask = policy.decide_unmask(&identity, &connection);
+        let masker = if unmask {
+            None
+        } else {
+            self.masker.load().for_connection(&connection)
+        };
+
+        let info = SessionInfo {
+            id: Uuid::now_v7(),
+            identity: identity.clone(),
+            connection: connection.clone(),
+            client_addr: req.client_addr,
+            application_name: req.application_name.clone(),
+            tls: req.tls,
+            started_at: SystemTime::now(),
+        };
+        let start = AuditEvent::now(
+            info.id,
+            EventBody::SessionStart {
+                identity: identity.name.clone(),
+                identity_kind: identity.kind.as_str().into(),
+                connection: connection.name.clone(),
+                protocol: req.protocol.as_str().into(),
+                client_addr: req.client_addr.to_string(),
+                application_name: req.application_name,
+                tls: req.tls,
+            },
+        );
+        if self.audit.append(start).await.is_err() {
+            self.meters.audit_errors.increment(1);
+            return Err(ConnectRefusal::AuditUnavailable);
+        }
+        self.meters.sessions.increment(1);
+        Ok(Session {
+            info,
+            pipeline: self.clone(),
+            next_seq: AtomicU64::new(0),
+            masker,
+            unmask,
+        })
+    }
+
+    async fn refused(&self, req: &ConnectRequest<'_>, reason: &str) {
+        self.meters.auth_failures.increment(1);
+        let ev = AuditEvent::now(
+            Uuid::now_v7(),
+            EventBody::AuthFailed {
+                claimed_identity: req.user.to_string(),
+                connection: req.connection.to_string(),
+                protocol: req.protocol.as_str().into(),
+                client_addr: req.client_addr.to_string(),
+                reason: reason.to_string(),
+            },
+        );
+        if self.audit.append(ev).await.is_err() {
+            self.meters.audit_errors.increment(1);
+            tracing::error!("could not record a failed connection attempt");
+        }
+    }
+}
+
+/// One authenticated session, shared by the adapter's relay halves.
+pub struct Session {
+    info: SessionInfo,
+    pipeline: Arc<Pipeline>,
+    next_seq: AtomicU64,
+    masker: Option<Arc<ConnectionMasker>>,
+    unmask: bool,
+}
+
+impl Session {
+    pub fn info(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.info.identity
+    }
+
+    /// The masker for this session's results; `None` when nothing is masked
+    /// (no rule applies, or policy lets this identity `unmask`).
+    pub fn masker(&self) -> Option<&Arc<ConnectionMasker>> {
+        self.masker.as_ref()
+    }
+
+    pub fn unmasked(&self) -> bool {
+        self.unmask
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Classifies, decides and records one command. Only `Forward` lets the
+    /// adapter send it on; a store failure refuses it (fail closed).
+    pub async fn admit(&self, input: CommandInput) -> Admission {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let p = &self.pipeline;
+        let started = std::time::Instant::now();
+        let classification = p.sql.classify(&input.text);
+        let policy = p.policy.current();
+        let ctx = PolicyContext {
+            params: input.params.clone(),
+            grant: false,
+        };
+        let decision = policy.decide_sql(
+            &self.info.identity,
+            &self.info.connection,
+            &classification,
+            &ctx,
+        );
+        p.meters
+            .decide_seconds
+            .record(started.elapsed().as_secs_f64());
+
+        let verdict = decision.verdict;
+        let message = decision.client_message(&self.info.connection.name);
+        let event = AuditEvent::now(
+            self.info.id,
+            EventBody::Command {
+                seq,
+                text: input.text.to_string(),
+                params: input.params,
+                via: format!("{:?}", input.via).to_lowercase(),
+                classification: (*classification).clone(),
+                decision,
+            },
+        );
+        if p.audit.append(event).await.is_err() {
+            p.meters.audit_errors.increment(1);
+            return Admission::Refuse {
+                seq,
+                sqlstate: "58000",
+                message:
+                    "airlock: the audit store is unavailable, so the command was not forwarded"
+                        .into(),
+            };
+        }
+        match verdict {
+            Verdict::Allow => {
+                p.meters.allowed.increment(1);
+                Admission::Forward { seq }
+            }
+            Verdict::Deny => {
+                p.meters.denied.increment(1);
+                Admission::Refuse {
+                    seq,
+                    sqlstate: "42501",
+                    message,
+                }
+            }
+            Verdict::Review => {
+                // Until approvals can hold a command, review never lets it through.
+                p.meters.reviewed.increment(1);
+                Admission::Refuse {
+                    seq,
+                    sqlstate: "42501",
+                    message: format!("statement needs approval: {message}"),
+                }
+            }
+        }
+    }
+
+    /// Records what came back for command `seq`. Does not wait for the
+    /// store: the event is queued in order behind the command itself.
+    pub fn record_result(&self, seq: u64, outcome: CommandOutcome) {
+        let ev = AuditEvent::now(
+            self.info.id,
+            EventBody::CommandResult {
+                seq,
+                tags: outcome.tags,
+                rows: outcome.rows,
+                duration_us: outcome.duration.as_micros() as u64,
+                error_code: outcome.error_code,
+                error_message: outcome.error_message,
+                masked: outcome.masked,
+            },
+        );
+        drop(self.pipeline.audit.append(ev));
+    }
+
+    /// Records the end of the session and waits until it is stored.
+    pub async fn end(&self, totals: SessionTotals, reason: &str) {
+        let ev = AuditEvent::now(
+            self.info.id,
+            EventBody::SessionEnd {
+                bytes_from_client: totals.bytes_from_client,
+                bytes_to_client: totals.bytes_to_client,
+                commands: totals.commands.max(self.next_seq.load(Ordering::Relaxed)),
+                reason: reason.to_string(),
+            },
+        );
+        if self.pipeline.audit.append(ev).await.is_err() {
+            tracing::error!(session = %self.info.id, "could not record the end of a session");
+        }
+    }
+}

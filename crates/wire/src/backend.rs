@@ -460,6 +460,25 @@ impl<'a> NotificationResponse<'a> {
     }
 }
 
+/// ParameterDescription: the parameter type OIDs of a described statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParameterDescription {
+    pub types: Vec<u32>,
+}
+
+impl ParameterDescription {
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let n = r.i16()?;
+        if n < 0 || (n as usize) * 4 != r.remaining() {
+            return Err(WireError::Malformed("parameter description count"));
+        }
+        let types = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+        r.finish()?;
+        Ok(Self { types })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
@@ -467,6 +486,19 @@ mod tests {
     use super::*;
     use crate::build::{self, ErrorFields};
     use crate::frame::split_frame;
+
+    #[test]
+    fn parameter_description() {
+        let mut body = vec![0, 2];
+        body.extend_from_slice(&23u32.to_be_bytes());
+        body.extend_from_slice(&25u32.to_be_bytes());
+        assert_eq!(
+            ParameterDescription::decode(&body).unwrap().types,
+            vec![23, 25]
+        );
+        assert!(ParameterDescription::decode(&[0, 2, 0, 0]).is_err());
+        assert!(ParameterDescription::decode(&[0xff, 0xff]).is_err());
+    }
 
     fn frame(expected_tag: u8, f: impl FnOnce(&mut BytesMut)) -> crate::Frame {
         let mut b = BytesMut::new();

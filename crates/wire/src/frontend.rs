@@ -156,6 +156,53 @@ pub fn render_param(value: Option<&[u8]>, format: i16) -> Cow<'_, str> {
     }
 }
 
+/// Renders a bind parameter for people and policy, using its type when the
+/// format is binary: integers, floats, booleans, text-like types and UUIDs
+/// become their usual text; anything else stays `\x` hex.
+pub fn render_typed_param(value: Option<&[u8]>, format: i16, type_oid: u32) -> Cow<'_, str> {
+    let Some(v) = value else {
+        return Cow::Borrowed("NULL");
+    };
+    if format != FORMAT_BINARY {
+        return String::from_utf8_lossy(v);
+    }
+    let text = match (type_oid, v.len()) {
+        (16, 1) => Some(if v[0] != 0 {
+            "true".to_string()
+        } else {
+            "false".to_string()
+        }),
+        (21, 2) => Some(i16::from_be_bytes([v[0], v[1]]).to_string()),
+        (23, 4) => Some(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (20, 8) => {
+            Some(i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]).to_string())
+        }
+        (26, 4) => Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (700, 4) => Some(f32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (701, 8) => {
+            Some(f64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]).to_string())
+        }
+        (2950, 16) => {
+            let h = hex::encode(v);
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ))
+        }
+        // text, varchar, bpchar, name, json, unknown: the bytes are the text.
+        (25 | 1043 | 1042 | 19 | 114 | 705, _) => match std::str::from_utf8(v) {
+            Ok(s) => return Cow::Borrowed(s),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    Cow::Owned(text.unwrap_or_else(|| format!("\\x{}", hex::encode(v))))
+}
+
 /// Execute: runs `portal`, returning at most `max_rows` rows (0 = no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Execute<'a> {
@@ -332,6 +379,31 @@ impl<'a> FunctionCall<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn typed_params_render_readably() {
+        assert_eq!(
+            render_typed_param(Some(&7i32.to_be_bytes()), FORMAT_BINARY, 23),
+            "7"
+        );
+        assert_eq!(
+            render_typed_param(Some(&(-2i64).to_be_bytes()), FORMAT_BINARY, 20),
+            "-2"
+        );
+        assert_eq!(render_typed_param(Some(b"hi"), FORMAT_BINARY, 25), "hi");
+        assert_eq!(render_typed_param(Some(&[1]), FORMAT_BINARY, 16), "true");
+        assert_eq!(
+            render_typed_param(Some(&[0, 1]), FORMAT_BINARY, 23),
+            "\\x0001",
+            "wrong length stays hex"
+        );
+        assert_eq!(
+            render_typed_param(Some(&[0xde, 0xad]), FORMAT_BINARY, 17),
+            "\\xdead"
+        );
+        assert_eq!(render_typed_param(Some(b"42"), 0, 23), "42");
+        assert_eq!(render_typed_param(None, FORMAT_BINARY, 23), "NULL");
+    }
+
     use bytes::BytesMut;
 
     use super::*;

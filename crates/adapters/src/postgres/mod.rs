@@ -1,3 +1,108 @@
-//! PostgreSQL adapter: listener, session loop, upstream connection.
+//! PostgreSQL adapter: the listener, per-client sessions, the upstream
+//! connection, cancel keys, and response tracking.
 
+pub mod cancel;
 pub mod masking;
+pub mod session;
+pub mod tracker;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock_pipeline::Pipeline;
+use metrics::{Counter, Histogram};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use cancel::CancelRegistry;
+pub use upstream::{PgTarget, UpstreamTlsMode};
+
+/// Adapter settings from `[postgres]`.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub max_message_bytes: usize,
+    pub require_tls: bool,
+    pub allow_cleartext_without_tls: bool,
+}
+
+pub(crate) struct Meters {
+    pub bytes_from_client: Counter,
+    pub bytes_to_client: Counter,
+    pub command_seconds: Histogram,
+    pub command_errors: Counter,
+    pub connections: Counter,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            bytes_from_client: metrics::counter!("airlock_bytes_total", "protocol" => "postgres", "direction" => "from_client"),
+            bytes_to_client: metrics::counter!("airlock_bytes_total", "protocol" => "postgres", "direction" => "to_client"),
+            command_seconds: metrics::histogram!("airlock_command_duration_seconds", "protocol" => "postgres"),
+            command_errors: metrics::counter!("airlock_command_errors_total", "protocol" => "postgres"),
+            connections: metrics::counter!("airlock_connections_total", "protocol" => "postgres"),
+        }
+    }
+}
+
+/// Everything a PostgreSQL session needs, shared by all sessions.
+pub struct PgAdapter {
+    pub pipeline: Arc<Pipeline>,
+    pub targets: HashMap<String, Arc<PgTarget>>,
+    pub tls: Arc<ServerConfig>,
+    pub settings: PgSettings,
+    pub cancels: CancelRegistry,
+    pub(crate) meters: Meters,
+}
+
+impl PgAdapter {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        targets: Vec<PgTarget>,
+        tls: Arc<ServerConfig>,
+        settings: PgSettings,
+    ) -> Arc<PgAdapter> {
+        Arc::new(PgAdapter {
+            pipeline,
+            targets: targets
+                .into_iter()
+                .map(|t| (t.name.clone(), Arc::new(t)))
+                .collect(),
+            tls,
+            settings,
+            cancels: CancelRegistry::default(),
+            meters: Meters::new(),
+        })
+    }
+
+    /// Accepts clients until `shutdown` turns true. Each client runs in its
+    /// own task; one failing session never affects another.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        self.meters.connections.increment(1);
+                        tokio::spawn(session::run(self.clone(), tcp, peer));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

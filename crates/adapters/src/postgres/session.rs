@@ -1,0 +1,927 @@
+//! One client session: startup (TLS, cancel), authentication with an Airlock
+//! token, the upstream connection, then two relay halves. The client half
+//! turns Query/Execute/FunctionCall into pipeline Commands and forwards or
+//! refuses them; the server half relays responses, pairs them with commands
+//! to record outcomes, and applies masking.
+//!
+//! A refused command is not answered by the gateway out of band. It is
+//! replaced by a stand-in statement that PostgreSQL rejects (`airlock_denied`,
+//! a syntax error), and that error is swapped for Airlock's own on the way
+//! back. PostgreSQL itself thus orders the error among other responses, skips
+//! to Sync in the extended protocol, and fails an open transaction block,
+//! exactly as if it had raised the error for the client's statement.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use airlock_pipeline::model::{CommandInput, CommandVia, Protocol};
+use airlock_pipeline::pipeline::{
+    Admission, CommandOutcome, ConnectRefusal, ConnectRequest, Session, SessionTotals,
+};
+use airlock_wire::backend::{self, ErrorResponse};
+use airlock_wire::build::{self, ErrorFields};
+use airlock_wire::frame::split_frame;
+use airlock_wire::frontend;
+use airlock_wire::startup::{StartupMessage, split_startup};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::PgAdapter;
+use super::cancel::UpstreamKey;
+use super::tracker::{Pending, PendingKind, Tracker};
+use super::upstream::{self, FORWARDED_PARAMS};
+use crate::io::BoxStream;
+
+/// The stand-in statement for a refused command; PostgreSQL answers it with
+/// `syntax error at or near "airlock_denied"`.
+const DENY_SQL: &str = "airlock_denied";
+const DENY_MARKER: &str = "\"airlock_denied\"";
+/// Passwords (tokens) are short; anything longer is refused before reading.
+const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
+/// Prepared statements and portals one session may keep track of.
+const MAX_NAMED: usize = 100_000;
+/// Write to the peer once this much output is pending.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Parameter type OIDs per prepared statement, learnt from the server's
+/// ParameterDescription (or the client's Parse), so binary bind parameters
+/// are recorded and judged as readable values.
+type ParamTypes = Arc<Mutex<HashMap<String, Arc<[u32]>>>>;
+
+/// Messages from the client half to the server half, in order.
+enum Ctl {
+    Pending(Pending),
+    /// The client asked to describe this statement in this batch; its
+    /// ParameterDescription is coming.
+    Describe {
+        statement: String,
+        batch: u64,
+    },
+    /// A message to put in the client's stream between responses.
+    Inject(Bytes),
+}
+
+/// Handles one accepted TCP connection until it ends.
+pub async fn run(adapter: Arc<PgAdapter>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    match startup(&adapter, tcp, peer).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "postgres session ended during startup")
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn fatal(code: &str, message: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64 + message.len());
+    build::error_response(&mut out, &ErrorFields::new("FATAL", code, message));
+    out
+}
+
+async fn send_fatal<S: AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    code: &str,
+    message: &str,
+) -> StartupError {
+    let _ = s.write_all(&fatal(code, message)).await;
+    let _ = s.flush().await;
+    StartupError::Refused(message.to_string())
+}
+
+async fn read_startup<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupMessage>, airlock_wire::WireError> {
+    loop {
+        if let Some(m) = split_startup(buf, airlock_wire::startup::MAX_STARTUP_LEN)? {
+            return Ok(Some(m));
+        }
+        match s.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn startup(
+    adapter: &Arc<PgAdapter>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), StartupError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    // Phase 1, on plain TCP: SSLRequest, GSSENCRequest, CancelRequest or a
+    // plain StartupMessage.
+    let (mut stream, tls, params): (BoxStream, bool, Vec<(String, String)>) = loop {
+        let msg = match read_startup(&mut tcp, &mut buf).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(
+                    send_fatal(&mut tcp, "08P01", &format!("invalid startup packet: {e}")).await,
+                );
+            }
+        };
+        match msg {
+            StartupMessage::SslRequest => {
+                // Bytes after SSLRequest but before the handshake would be
+                // trusted as if encrypted (CVE-2021-23214): refuse them.
+                if !buf.is_empty() {
+                    return Err(send_fatal(
+                        &mut tcp,
+                        "08P01",
+                        "unencrypted data after SSL request",
+                    )
+                    .await);
+                }
+                tcp.write_all(b"S").await?;
+                let acceptor = tokio_rustls::TlsAcceptor::from(adapter.tls.clone());
+                let mut tls_stream = acceptor.accept(tcp).await?;
+                let msg = match read_startup(&mut tls_stream, &mut buf).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        return Err(send_fatal(
+                            &mut tls_stream,
+                            "08P01",
+                            &format!("invalid startup packet: {e}"),
+                        )
+                        .await);
+                    }
+                };
+                match msg {
+                    StartupMessage::Startup { params, .. } => {
+                        break (Box::new(tls_stream), true, params);
+                    }
+                    _ => {
+                        return Err(send_fatal(
+                            &mut tls_stream,
+                            "08P01",
+                            "unexpected request after TLS handshake",
+                        )
+                        .await);
+                    }
+                }
+            }
+            StartupMessage::GssEncRequest => {
+                tcp.write_all(b"N").await?;
+            }
+            StartupMessage::CancelRequest { pid, secret } => {
+                adapter.cancels.cancel(pid, secret).await;
+                return Ok(());
+            }
+            StartupMessage::Startup { params, .. } => break (Box::new(tcp), false, params),
+        }
+    };
+
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(user) = param("user") else {
+        return Err(send_fatal(
+            &mut stream,
+            "28000",
+            "no user name specified in the startup packet",
+        )
+        .await);
+    };
+    let connection = param("database").unwrap_or_else(|| user.clone());
+    let application_name = param("application_name");
+    if param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        return Err(send_fatal(
+            &mut stream,
+            "42501",
+            "airlock: replication connections are not supported",
+        )
+        .await);
+    }
+
+    let settings = &adapter.settings;
+    if !tls
+        && (settings.require_tls
+            || (!peer.ip().is_loopback() && !settings.allow_cleartext_without_tls))
+    {
+        return Err(send_fatal(
+            &mut stream,
+            "28000",
+            "airlock requires TLS for this connection: connect with sslmode=require",
+        )
+        .await);
+    }
+
+    // Ask for the token as a cleartext password (safe: TLS or loopback).
+    let mut out = BytesMut::with_capacity(256);
+    build::auth_cleartext_password(&mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    let frame = loop {
+        match split_frame(&mut buf, MAX_PASSWORD_MESSAGE) {
+            Ok(Some(f)) => break f,
+            Ok(None) => {}
+            Err(_) => return Err(send_fatal(&mut stream, "08P01", "invalid password packet").await),
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            // psql closes and re-prompts when it has no password yet.
+            return Ok(());
+        }
+    };
+    if frame.tag != frontend::tag::PASSWORD {
+        return Err(send_fatal(&mut stream, "08P01", "expected a password message").await);
+    }
+    let token = match frontend::PasswordMessage::decode(frame.body()) {
+        Ok(p) => p.0.to_vec(),
+        Err(_) => return Err(send_fatal(&mut stream, "08P01", "invalid password packet").await),
+    };
+
+    let req = ConnectRequest {
+        user: &user,
+        token: &token,
+        connection: &connection,
+        protocol: Protocol::Postgres,
+        client_addr: peer,
+        application_name: application_name.clone(),
+        tls,
+    };
+    let session = match adapter.pipeline.connect(req).await {
+        Ok(s) => Arc::new(s),
+        Err(refusal) => {
+            let (code, msg) = match refusal {
+                ConnectRefusal::BadCredentials => (
+                    "28P01",
+                    format!("password authentication failed for user \"{user}\""),
+                ),
+                ConnectRefusal::UnknownConnection => (
+                    "3D000",
+                    format!(
+                        "airlock: connection \"{connection}\" does not exist (dbname must name an Airlock connection)"
+                    ),
+                ),
+                ConnectRefusal::Denied(d) => ("42501", d.client_message(&connection)),
+                ConnectRefusal::AuditUnavailable => (
+                    "58000",
+                    "airlock: the audit store is unavailable; no session can be opened".to_string(),
+                ),
+            };
+            tracing::info!(client = %peer, user = %user, connection = %connection, code, "connection refused");
+            return Err(send_fatal(&mut stream, code, &msg).await);
+        }
+    };
+    drop(token);
+
+    let Some(target) = adapter.targets.get(&connection).cloned() else {
+        session
+            .end(SessionTotals::default(), "no postgres target")
+            .await;
+        return Err(send_fatal(
+            &mut stream,
+            "3D000",
+            "airlock: connection has no postgres target",
+        )
+        .await);
+    };
+    let forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| FORWARDED_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
+        .cloned()
+        .collect();
+    let up = match upstream::connect(&target, &forwarded, settings.max_message_bytes).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(session = %session.info().id, connection = %connection, error = %e, "upstream connection failed");
+            session
+                .end(SessionTotals::default(), &format!("upstream: {e}"))
+                .await;
+            return Err(send_fatal(
+                &mut stream,
+                e.sqlstate(),
+                &format!("airlock: connection \"{connection}\": {e}"),
+            )
+            .await);
+        }
+    };
+
+    let (client_secret, _cancel_guard) = adapter.cancels.register(UpstreamKey {
+        host: target.host.clone(),
+        port: target.port,
+        pid: up.pid,
+        secret: up.secret,
+    });
+    out.clear();
+    build::auth_ok(&mut out);
+    for f in &up.startup_frames {
+        out.extend_from_slice(f);
+    }
+    build::backend_key_data(&mut out, up.pid, client_secret);
+    build::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+    tracing::info!(
+        session = %session.info().id, identity = %session.identity().name, connection = %connection,
+        client = %peer, tls, upstream_tls = up.tls, "postgres session started"
+    );
+
+    let (cr, cw) = tokio::io::split(stream);
+    let (ur, uw) = tokio::io::split(up.stream);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let param_types = ParamTypes::default();
+    let client = ClientHalf {
+        param_types: param_types.clone(),
+        session: session.clone(),
+        adapter: adapter.clone(),
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        batch: 0,
+        tx,
+        bytes: 0,
+    };
+    let server = ServerHalf {
+        session: session.clone(),
+        adapter: adapter.clone(),
+        tracker: Tracker::default(),
+        param_types,
+        describes: VecDeque::new(),
+        bytes: 0,
+    };
+    let client_fut = client.run(cr, uw, buf);
+    let server_fut = server.run(ur, cw, rx, up.leftover);
+    tokio::pin!(client_fut, server_fut);
+    let (reason, from_client, to_client) = tokio::select! {
+        (reason, from_client) = &mut client_fut => {
+            // The client is done; let the upstream finish its answer.
+            let to_client = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server_fut).await {
+                Ok((_, n)) => n,
+                Err(_) => 0,
+            };
+            (reason, from_client, to_client)
+        }
+        (reason, to_client) = &mut server_fut => (reason, 0, to_client),
+    };
+    session
+        .end(
+            SessionTotals {
+                bytes_from_client: from_client,
+                bytes_to_client: to_client,
+                commands: 0,
+            },
+            &reason,
+        )
+        .await;
+    tracing::info!(session = %session.info().id, reason = %reason, "postgres session ended");
+    Ok(())
+}
+
+/// What the client bound: text of the statement and its parameters.
+struct Portal {
+    text: Arc<str>,
+    params: Vec<Option<String>>,
+    /// Set once an Execute of this portal was admitted: later Executes of
+    /// the same portal fetch more rows of the same command.
+    admitted: Option<u64>,
+}
+
+struct ClientHalf {
+    param_types: ParamTypes,
+    session: Arc<Session>,
+    adapter: Arc<PgAdapter>,
+    statements: HashMap<String, Arc<str>>,
+    portals: HashMap<String, Portal>,
+    /// Batches (Query / Sync / FunctionCall) forwarded so far.
+    batch: u64,
+    tx: mpsc::UnboundedSender<Ctl>,
+    bytes: u64,
+}
+
+/// A client protocol violation that ends the session.
+struct ClientFault(&'static str, String);
+
+impl ClientHalf {
+    async fn run(
+        mut self,
+        mut cr: ReadHalf<BoxStream>,
+        mut uw: WriteHalf<BoxStream>,
+        mut buf: BytesMut,
+    ) -> (String, u64) {
+        let max = self.adapter.settings.max_message_bytes;
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        let reason = 'outer: loop {
+            loop {
+                let frame = match split_frame(&mut buf, max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = self.tx.send(Ctl::Inject(
+                            fatal("08P01", &format!("airlock: {e}")).freeze(),
+                        ));
+                        break 'outer format!("client protocol error: {e}");
+                    }
+                };
+                match self.handle(frame, &mut out).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = uw.write_all(&out).await;
+                        let _ = uw.flush().await;
+                        break 'outer "client terminated".to_string();
+                    }
+                    Err(ClientFault(code, msg)) => {
+                        let _ = self.tx.send(Ctl::Inject(fatal(code, &msg).freeze()));
+                        break 'outer format!("client protocol error: {msg}");
+                    }
+                }
+                if out.len() >= FLUSH_AT {
+                    if let Err(e) = uw.write_all(&out).await {
+                        break 'outer format!("upstream write failed: {e}");
+                    }
+                    out.clear();
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = uw.write_all(&out).await {
+                    break format!("upstream write failed: {e}");
+                }
+                out.clear();
+            }
+            if let Err(e) = uw.flush().await {
+                break format!("upstream write failed: {e}");
+            }
+            match cr.read_buf(&mut buf).await {
+                Ok(0) => break "client disconnected".to_string(),
+                Ok(n) => {
+                    self.bytes += n as u64;
+                    self.adapter.meters.bytes_from_client.increment(n as u64);
+                }
+                Err(e) => break format!("client read failed: {e}"),
+            }
+        };
+        // Make sure the upstream session ends too.
+        let mut term = BytesMut::with_capacity(5);
+        build::terminate(&mut term);
+        let _ = uw.write_all(&term).await;
+        let _ = uw.shutdown().await;
+        (reason, self.bytes)
+    }
+
+    fn queue(&self, p: Pending) {
+        let _ = self.tx.send(Ctl::Pending(p));
+    }
+
+    /// Handles one client message. Ok(false) = the client terminated.
+    async fn handle(
+        &mut self,
+        frame: airlock_wire::frame::Frame,
+        out: &mut BytesMut,
+    ) -> Result<bool, ClientFault> {
+        use frontend::tag;
+        let bad = |e: airlock_wire::WireError| {
+            ClientFault("08P01", format!("airlock: invalid message: {e}"))
+        };
+        match frame.tag {
+            tag::QUERY => {
+                let q = frontend::Query::decode(frame.body()).map_err(bad)?;
+                let input = CommandInput {
+                    text: Arc::from(q.sql),
+                    params: Vec::new(),
+                    via: CommandVia::SimpleQuery,
+                };
+                let admission = self.session.admit(input).await;
+                self.forward_or_refuse(admission, PendingKind::Simple, &frame.bytes, out);
+                self.batch += 1;
+            }
+            tag::PARSE => {
+                let p = frontend::Parse::decode(frame.body()).map_err(bad)?;
+                if !p.name.is_empty() && self.statements.len() >= MAX_NAMED {
+                    return Err(ClientFault(
+                        "53200",
+                        "airlock: too many prepared statements".into(),
+                    ));
+                }
+                // Classify now so Execute finds it cached.
+                self.session.pipeline().classify_sql(p.query);
+                self.statements
+                    .insert(p.name.to_string(), Arc::from(p.query));
+                if let Ok(mut types) = self.param_types.lock() {
+                    if p.param_types.iter().any(|&t| t != 0) {
+                        types.insert(p.name.to_string(), Arc::from(p.param_types.as_slice()));
+                    } else {
+                        types.remove(p.name);
+                    }
+                }
+                out.extend_from_slice(&frame.bytes);
+            }
+            tag::BIND => {
+                let b = frontend::Bind::decode(frame.body()).map_err(bad)?;
+                if !b.portal.is_empty() && self.portals.len() >= MAX_NAMED {
+                    return Err(ClientFault("53200", "airlock: too many portals".into()));
+                }
+                let text = self
+                    .statements
+                    .get(b.statement)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(""));
+                let types = self
+                    .param_types
+                    .lock()
+                    .ok()
+                    .and_then(|t| t.get(b.statement).cloned());
+                let params = (0..b.params.len())
+                    .map(|i| {
+                        let oid = types.as_ref().and_then(|t| t.get(i).copied()).unwrap_or(0);
+                        b.params[i].map(|v| {
+                            frontend::render_typed_param(Some(v), b.param_format(i), oid)
+                                .into_owned()
+                        })
+                    })
+                    .collect();
+                self.portals.insert(
+                    b.portal.to_string(),
+                    Portal {
+                        text,
+                        params,
+                        admitted: None,
+                    },
+                );
+                out.extend_from_slice(&frame.bytes);
+            }
+            tag::EXECUTE => {
+                let e = frontend::Execute::decode(frame.body()).map_err(bad)?;
+                let portal_name = e.portal.to_string();
+                let resumed = self.portals.get(&portal_name).and_then(|p| p.admitted);
+                if let Some(seq) = resumed {
+                    self.queue(Pending::new(seq, PendingKind::Execute, self.batch));
+                    out.extend_from_slice(&frame.bytes);
+                    return Ok(true);
+                }
+                let input = match self.portals.get(&portal_name) {
+                    Some(p) if !p.text.is_empty() => CommandInput {
+                        text: p.text.clone(),
+                        params: p.params.clone(),
+                        via: CommandVia::Extended,
+                    },
+                    // A portal this session did not bind (or of an unknown
+                    // statement): judge it as what it is, unknown.
+                    _ => CommandInput {
+                        text: Arc::from(format!(
+                            "EXECUTE PORTAL \"{portal_name}\" /* not bound through airlock */"
+                        )),
+                        params: Vec::new(),
+                        via: CommandVia::Extended,
+                    },
+                };
+                let admission = self.session.admit(input).await;
+                if let (Admission::Forward { seq }, Some(p)) =
+                    (&admission, self.portals.get_mut(&portal_name))
+                {
+                    p.admitted = Some(*seq);
+                }
+                self.forward_or_refuse(admission, PendingKind::Execute, &frame.bytes, out);
+            }
+            tag::CLOSE => {
+                let c = frontend::Close::decode(frame.body()).map_err(bad)?;
+                if c.kind == frontend::TARGET_STATEMENT {
+                    self.statements.remove(c.name);
+                    if let Ok(mut types) = self.param_types.lock() {
+                        types.remove(c.name);
+                    }
+                } else {
+                    self.portals.remove(c.name);
+                }
+                out.extend_from_slice(&frame.bytes);
+            }
+            tag::SYNC => {
+                // Unnamed portals do not survive the end of an implicit
+                // transaction; drop ours so a stale one is never reused.
+                self.portals.remove("");
+                out.extend_from_slice(&frame.bytes);
+                self.batch += 1;
+            }
+            tag::FUNCTION_CALL => {
+                let f = frontend::FunctionCall::decode(frame.body()).map_err(bad)?;
+                let input = CommandInput {
+                    text: Arc::from(format!("FUNCTION CALL oid={}", f.oid)),
+                    params: Vec::new(),
+                    via: CommandVia::FunctionCall,
+                };
+                let admission = self.session.admit(input).await;
+                self.forward_or_refuse(admission, PendingKind::FunctionCall, &frame.bytes, out);
+                self.batch += 1;
+            }
+            tag::TERMINATE => {
+                out.extend_from_slice(&frame.bytes);
+                return Ok(false);
+            }
+            tag::DESCRIBE => {
+                let d = frontend::Describe::decode(frame.body()).map_err(bad)?;
+                if d.kind == frontend::TARGET_STATEMENT {
+                    let _ = self.tx.send(Ctl::Describe {
+                        statement: d.name.to_string(),
+                        batch: self.batch,
+                    });
+                }
+                out.extend_from_slice(&frame.bytes);
+            }
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                out.extend_from_slice(&frame.bytes);
+            }
+            other => {
+                return Err(ClientFault(
+                    "08P01",
+                    format!("airlock: invalid frontend message type {}", other as char),
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forwards the client's message, or its stand-in if refused.
+    fn forward_or_refuse(
+        &mut self,
+        admission: Admission,
+        kind: PendingKind,
+        original: &Bytes,
+        out: &mut BytesMut,
+    ) {
+        match admission {
+            Admission::Forward { seq } => {
+                self.queue(Pending::new(seq, kind, self.batch));
+                out.extend_from_slice(original);
+            }
+            Admission::Refuse {
+                seq,
+                sqlstate,
+                message,
+            } => {
+                let mut pending = Pending::new(seq, kind, self.batch);
+                let mut err = BytesMut::with_capacity(64 + message.len());
+                build::error_response(&mut err, &ErrorFields::new("ERROR", sqlstate, &message));
+                pending.replacement = Some(err.freeze());
+                self.queue(pending);
+                match kind {
+                    PendingKind::Execute => build::parse(out, "", DENY_SQL, &[]),
+                    PendingKind::Simple | PendingKind::FunctionCall => build::query(out, DENY_SQL),
+                }
+            }
+        }
+    }
+}
+
+struct ServerHalf {
+    session: Arc<Session>,
+    adapter: Arc<PgAdapter>,
+    tracker: Tracker,
+    param_types: ParamTypes,
+    /// Statements whose ParameterDescription is still to come, with batch.
+    describes: VecDeque<(String, u64)>,
+    bytes: u64,
+}
+
+/// What to do with one upstream message.
+enum Relay {
+    Keep,
+    Replace(Bytes),
+}
+
+impl ServerHalf {
+    async fn run(
+        mut self,
+        mut ur: ReadHalf<BoxStream>,
+        mut cw: WriteHalf<BoxStream>,
+        mut rx: mpsc::UnboundedReceiver<Ctl>,
+        mut buf: BytesMut,
+    ) -> (String, u64) {
+        let max = self.adapter.settings.max_message_bytes;
+        let mut rx_open = true;
+        let reason = loop {
+            if !buf.is_empty() {
+                while let Ok(ctl) = rx.try_recv() {
+                    if let Err(e) = self.control(ctl, &mut cw).await {
+                        return (format!("client write failed: {e}"), self.bytes);
+                    }
+                }
+                match self.relay_chunk(&mut buf, max) {
+                    Ok(Some(chunk)) => {
+                        if let Err(e) = cw.write_all(&chunk).await {
+                            break format!("client write failed: {e}");
+                        }
+                        self.bytes += chunk.len() as u64;
+                        self.adapter
+                            .meters
+                            .bytes_to_client
+                            .increment(chunk.len() as u64);
+                        if let Err(e) = cw.flush().await {
+                            break format!("client write failed: {e}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(msg) => {
+                        let _ = cw.write_all(&fatal("08P01", &msg)).await;
+                        break msg;
+                    }
+                }
+            }
+            tokio::select! {
+                ctl = rx.recv(), if rx_open => match ctl {
+                    Some(ctl) => {
+                        if let Err(e) = self.control(ctl, &mut cw).await {
+                            break format!("client write failed: {e}");
+                        }
+                    }
+                    None => rx_open = false,
+                },
+                r = ur.read_buf(&mut buf) => match r {
+                    Ok(0) => break "upstream closed the connection".to_string(),
+                    Ok(_) => {}
+                    Err(e) => break format!("upstream read failed: {e}"),
+                },
+            }
+        };
+        let _ = cw.flush().await;
+        let _ = cw.shutdown().await;
+        (reason, self.bytes)
+    }
+
+    async fn control(&mut self, ctl: Ctl, cw: &mut WriteHalf<BoxStream>) -> std::io::Result<()> {
+        match ctl {
+            Ctl::Pending(p) => self.tracker.push(p),
+            Ctl::Describe { statement, batch } => self.describes.push_back((statement, batch)),
+            Ctl::Inject(bytes) => {
+                cw.write_all(&bytes).await?;
+                cw.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Relays every complete message in `buf`. Returns the bytes to send to
+    /// the client: the original chunk untouched when nothing needed
+    /// rewriting (no copy), or a rebuilt one.
+    fn relay_chunk(&mut self, buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, String> {
+        let mut pos = 0usize;
+        let mut rebuilt: Option<BytesMut> = None;
+        loop {
+            let rest = &buf[pos..];
+            if rest.len() < 5 {
+                break;
+            }
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            if len < 4 || len > max {
+                return Err(format!(
+                    "airlock: upstream message of {len} bytes exceeds the limit"
+                ));
+            }
+            let total = len + 1;
+            if rest.len() < total {
+                buf.reserve(total - rest.len());
+                break;
+            }
+            let frame = &rest[..total];
+            let action = self.observe(frame);
+            match action {
+                Relay::Keep => {
+                    if let Some(r) = rebuilt.as_mut() {
+                        r.extend_from_slice(frame);
+                    }
+                }
+                Relay::Replace(bytes) => {
+                    let r = rebuilt.get_or_insert_with(|| {
+                        let mut r = BytesMut::with_capacity(pos + bytes.len() + 64);
+                        r.extend_from_slice(&buf[..pos]);
+                        r
+                    });
+                    r.extend_from_slice(&bytes);
+                }
+            }
+            pos += total;
+        }
+        if pos == 0 {
+            return Ok(None);
+        }
+        let chunk = buf.split_to(pos).freeze();
+        Ok(Some(match rebuilt {
+            Some(r) => r.freeze(),
+            None => chunk,
+        }))
+    }
+
+    /// Looks at one upstream message: pairs it with its command and decides
+    /// whether it goes out as is.
+    fn observe(&mut self, frame: &[u8]) -> Relay {
+        let tag = frame[0];
+        let body = &frame[5..];
+        match tag {
+            backend::tag::DATA_ROW | backend::tag::COPY_DATA => {
+                if let Some(p) = self.tracker.head() {
+                    p.rows += 1;
+                }
+                Relay::Keep
+            }
+            backend::tag::COMMAND_COMPLETE => {
+                if let Some(p) = self.tracker.head() {
+                    if let Ok(c) = backend::CommandComplete::decode(body) {
+                        p.tags.push(c.tag.to_string());
+                    }
+                    if p.kind == PendingKind::Execute {
+                        self.finish_head();
+                    }
+                }
+                Relay::Keep
+            }
+            backend::tag::EMPTY_QUERY_RESPONSE | backend::tag::PORTAL_SUSPENDED => {
+                if self
+                    .tracker
+                    .head()
+                    .is_some_and(|p| p.kind == PendingKind::Execute)
+                {
+                    self.finish_head();
+                }
+                Relay::Keep
+            }
+            backend::tag::ERROR_RESPONSE => {
+                let mut action = Relay::Keep;
+                if let Some(p) = self.tracker.head() {
+                    let fields = ErrorResponse::decode(body).ok();
+                    let message = fields.as_ref().and_then(|f| f.message());
+                    let is_stand_in =
+                        p.replacement.is_some() && message.is_some_and(|m| m.contains(DENY_MARKER));
+                    if is_stand_in {
+                        if let Some(rep) = p.replacement.take() {
+                            action = Relay::Replace(rep);
+                        }
+                        p.error_code = Some("42501".into());
+                        p.error_message = Some("refused by airlock".into());
+                    } else if p.error_code.is_none() {
+                        p.error_code = fields.as_ref().and_then(|f| f.code()).map(str::to_string);
+                        p.error_message = message.map(str::to_string);
+                    }
+                    if p.kind == PendingKind::Execute {
+                        self.finish_head();
+                    }
+                }
+                action
+            }
+            backend::tag::PARAMETER_DESCRIPTION => {
+                let batch = self.tracker.current_batch();
+                // Describes of batches that failed earlier never answered.
+                while self.describes.front().is_some_and(|(_, b)| *b < batch) {
+                    self.describes.pop_front();
+                }
+                if self.describes.front().is_some_and(|(_, b)| *b == batch)
+                    && let (Some((name, _)), Ok(d)) = (
+                        self.describes.pop_front(),
+                        backend::ParameterDescription::decode(body),
+                    )
+                    && let Ok(mut types) = self.param_types.lock()
+                {
+                    types.insert(name, Arc::from(d.types.as_slice()));
+                }
+                Relay::Keep
+            }
+            backend::tag::READY_FOR_QUERY => {
+                for p in self.tracker.ready_for_query() {
+                    self.finish(p);
+                }
+                Relay::Keep
+            }
+            _ => Relay::Keep,
+        }
+    }
+
+    fn finish_head(&mut self) {
+        if let Some(p) = self.tracker.pop_head() {
+            self.finish(p);
+        }
+    }
+
+    fn finish(&self, p: Pending) {
+        let duration = p.started.elapsed();
+        self.adapter
+            .meters
+            .command_seconds
+            .record(duration.as_secs_f64());
+        if p.error_code.is_some() {
+            self.adapter.meters.command_errors.increment(1);
+        }
+        self.session.record_result(
+            p.seq,
+            CommandOutcome {
+                tags: p.tags,
+                rows: p.rows,
+                duration,
+                error_code: p.error_code,
+                error_message: p.error_message,
+                masked: Vec::new(),
+            },
+        );
+    }
+}

@@ -1,0 +1,621 @@
+//! The PostgreSQL data path end to end: real PostgreSQL, the real `airlock
+//! serve`, real clients (psql, tokio-postgres, psycopg). These tests use a
+//! connection without the `production` tag and a human identity, so the
+//! default policy pack lets everything through; policy has its own tests.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use futures::StreamExt;
+use support::*;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// A cluster with a `lab` database owned by scram_user and a gateway whose
+/// `lab` connection reaches it; `alice` is a human DBA.
+fn lab() -> (PgCluster, Gateway) {
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    let gw = Gateway::start(
+        GatewayConfig::new(&pg)
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"])),
+    );
+    (pg, gw)
+}
+
+async fn connect(gw: &Gateway, identity: &str, connection: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&gw.conninfo(identity, connection), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect through the gateway: {e}\n{}", gw.stderr_contents()));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Runs the operator CLI against the gateway's API.
+fn cli(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .env("AIRLOCK_URL", gw.api_url())
+        .env("AIRLOCK_TOKEN", token)
+        .output()
+        .expect("run airlock CLI")
+}
+
+fn cli_json(gw: &Gateway, args: &[&str]) -> serde_json::Value {
+    let out = cli(gw, gw.token("alice"), args);
+    assert!(
+        out.status.success(),
+        "airlock {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
+}
+
+#[test]
+fn simple_queries_including_multi_statement_strings() {
+    let (_pg, gw) = lab();
+    let ci = gw.conninfo("alice", "lab");
+    psql(&ci, "CREATE TABLE t (id int PRIMARY KEY, name text)", &[]).expect_success();
+    let out = psql(
+        &ci,
+        "INSERT INTO t VALUES (1, 'one'), (2, 'two'); UPDATE t SET name = 'uno' WHERE id = 1; SELECT id, name FROM t ORDER BY id",
+        &[],
+    );
+    // psql prints each statement's command tag, then the rows.
+    assert_eq!(
+        out.expect_success().trim(),
+        "INSERT 0 2\nUPDATE 1\n1|uno\n2|two"
+    );
+    // An error mid-string rolls the whole implicit transaction back.
+    let out = psql(&ci, "INSERT INTO t VALUES (3, 'three'); SELECT 1/0", &[]);
+    assert!(out.stderr.contains("division by zero"), "{out:?}");
+    assert_eq!(
+        psql(&ci, "SELECT count(*) FROM t", &[])
+            .expect_success()
+            .trim(),
+        "2"
+    );
+}
+
+#[test]
+fn extended_protocol_prepared_statements_and_pipelining() {
+    let (_pg, gw) = lab();
+    rt().block_on(async {
+        let c = connect(&gw, "alice", "lab").await;
+        c.batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+        let insert = c.prepare("INSERT INTO kv VALUES ($1, $2)").await.unwrap();
+        for i in 0..300i32 {
+            c.execute(&insert, &[&i, &format!("value {i}")])
+                .await
+                .unwrap();
+        }
+        let select = c.prepare("SELECT v FROM kv WHERE k = $1").await.unwrap();
+        // Pipelined: all queries are sent before the first answer is read.
+        let futures = (0..300i32).map(|i| {
+            let c = &c;
+            let select = &select;
+            async move {
+                c.query_one(select, &[&i])
+                    .await
+                    .map(|r| r.get::<_, String>(0))
+            }
+        });
+        let values = futures::future::try_join_all(futures).await.unwrap();
+        assert_eq!(values.len(), 300);
+        assert_eq!(values[0], "value 0");
+        assert_eq!(values[299], "value 299");
+        // An error inside a pipeline fails only its own statement.
+        let bad = c.query_one("SELECT 1/$1::int", &[&0i32]).await;
+        assert_eq!(
+            bad.unwrap_err().code(),
+            Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+        );
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM kv", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 300);
+        // A large row crosses in one piece.
+        let big: String = c
+            .query_one("SELECT repeat('x', 3000000)", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(big.len(), 3_000_000);
+    });
+}
+
+#[test]
+fn copy_in_and_out_with_a_multi_megabyte_payload() {
+    let (_pg, gw) = lab();
+    rt().block_on(async {
+        let c = connect(&gw, "alice", "lab").await;
+        c.batch_execute("CREATE TABLE blob (id int, payload text)")
+            .await
+            .unwrap();
+        let mut data = Vec::new();
+        for i in 0..40_000 {
+            writeln!(data, "{i}\t{}", "abcdefghij".repeat(10)).unwrap();
+        }
+        assert!(data.len() > 4_000_000);
+        let sink = c.copy_in("COPY blob FROM STDIN").await.unwrap();
+        futures::pin_mut!(sink);
+        use futures::SinkExt;
+        for chunk in data.chunks(64 * 1024) {
+            sink.send(bytes::Bytes::copy_from_slice(chunk))
+                .await
+                .unwrap();
+        }
+        let rows = sink.finish().await.unwrap();
+        assert_eq!(rows, 40_000);
+
+        let stream = c.copy_out("COPY blob TO STDOUT").await.unwrap();
+        futures::pin_mut!(stream);
+        let mut back = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            back.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(back.len(), data.len());
+        assert_eq!(back, data);
+    });
+}
+
+#[test]
+fn listen_notify_and_backend_pid_agree() {
+    let (_pg, gw) = lab();
+    rt().block_on(async {
+        let (listener, mut conn) = tokio_postgres::connect(&gw.conninfo("alice", "lab"), NoTls)
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(m)) = messages.next().await {
+                if let AsyncMessage::Notification(n) = m {
+                    let _ = tx.send(n);
+                }
+            }
+        });
+        listener.batch_execute("LISTEN events").await.unwrap();
+        let sender = connect(&gw, "alice", "lab").await;
+        let sender_pid: i32 = sender
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        sender
+            .batch_execute("NOTIFY events, 'hello'")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("notification arrives")
+            .expect("listener alive");
+        assert_eq!(n.channel(), "events");
+        assert_eq!(n.payload(), "hello");
+        assert_eq!(
+            n.process_id(),
+            sender_pid,
+            "NOTIFY sender pid matches pg_backend_pid()"
+        );
+    });
+}
+
+#[test]
+fn cancel_request_reaches_the_upstream_backend() {
+    let (pg, gw) = lab();
+    rt().block_on(async {
+        let c = connect(&gw, "alice", "lab").await;
+        let token = c.cancel_token();
+        let sleeper = tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await });
+        // Wait until the upstream really runs the sleep before cancelling.
+        let mut running = false;
+        for _ in 0..600 {
+            let out = pg.psql_admin("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'");
+            if out.trim() == "1" {
+                running = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(running, "the sleep never started upstream");
+        token.cancel_query(NoTls).await.expect("cancel through the gateway");
+        let err = tokio::time::timeout(Duration::from_secs(20), sleeper)
+            .await
+            .expect("cancelled before pg_sleep(30) ends")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED));
+    });
+}
+
+#[test]
+fn psycopg_backend_pid_and_parameters() {
+    let (_pg, gw) = lab();
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        assert cur.fetchone()[0] == conn.info.backend_pid, "pid mismatch"
+        cur.execute("CREATE TABLE p (id int, note text)")
+        cur.executemany("INSERT INTO p VALUES (%s, %s)", [(i, f"n{i}") for i in range(50)])
+        cur.execute("SELECT count(*), max(note) FROM p WHERE id >= %s", (10,))
+        print(cur.fetchone())
+    with conn.cursor(binary=True) as cur:
+        cur.execute("SELECT %s::int + 1", (41,))
+        print(cur.fetchone()[0])
+"#;
+    let out = python(script, &[&gw.conninfo("alice", "lab")]);
+    let stdout = out.expect_success();
+    assert!(stdout.contains("(40, 'n49')"), "{stdout}");
+    assert!(stdout.contains("42"), "{stdout}");
+}
+
+#[test]
+fn client_tls_with_sslmode_require_and_tls_required_by_config() {
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    let gw = Gateway::start(
+        GatewayConfig::new(&pg)
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER))
+            .extra_toml("[postgres]\nrequire_tls = true"),
+    );
+    let ci = gw.conninfo("alice", "lab");
+    let out = psql(
+        &format!("{ci} sslmode=require"),
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    );
+    // The upstream leg is plain here (cluster without TLS); the client leg is TLS.
+    assert!(out.success(), "{out:?}");
+    let out = psql(&format!("{ci} sslmode=disable"), "SELECT 1", &[]);
+    assert!(out.stderr.contains("requires TLS"), "{out:?}");
+    let sessions = cli_json(&gw, &["sessions", "list", "--json"]);
+    let text = sessions.to_string();
+    assert!(text.contains("\"tls\":true"), "{text}");
+}
+
+#[test]
+fn upstream_scram_md5_cleartext_trust_and_tls_modes() {
+    let pg = PgCluster::builder().tls(true).start();
+    for user in [SCRAM_USER, MD5_USER, CLEARTEXT_USER, TRUST_USER, TLS_USER] {
+        pg.create_database(&format!("db_{user}"), user);
+    }
+    let mut cfg = GatewayConfig::new(&pg);
+    for user in [SCRAM_USER, MD5_USER, CLEARTEXT_USER, TRUST_USER] {
+        cfg = cfg.connection(
+            ConnectionSpec::postgres(&format!("c_{user}"), &pg, &format!("db_{user}"), user)
+                .tls("disable"),
+        );
+    }
+    cfg = cfg
+        .connection(
+            ConnectionSpec::postgres("c_tls_require", &pg, &format!("db_{TLS_USER}"), TLS_USER)
+                .tls("require"),
+        )
+        .connection(
+            ConnectionSpec::postgres("c_tls_verify", &pg, &format!("db_{TLS_USER}"), TLS_USER)
+                .tls("verify-full")
+                .set("ca_file", &toml_string(pg.ca_cert_path().to_string_lossy()))
+                .set("tls_server_name", "\"localhost\""),
+        )
+        .connection(
+            ConnectionSpec::postgres("c_tls_refused", &pg, &format!("db_{TLS_USER}"), TLS_USER)
+                .tls("disable"),
+        );
+    let gw = Gateway::start(cfg);
+    for user in [SCRAM_USER, MD5_USER, CLEARTEXT_USER, TRUST_USER] {
+        let out = psql(
+            &gw.conninfo("alice", &format!("c_{user}")),
+            "SELECT current_user",
+            &[],
+        );
+        assert_eq!(out.expect_success().trim(), user, "upstream auth as {user}");
+    }
+    for conn in ["c_tls_require", "c_tls_verify"] {
+        let out = psql(
+            &gw.conninfo("alice", conn),
+            "SELECT current_user || ' ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        );
+        assert_eq!(
+            out.expect_success().trim(),
+            format!("{TLS_USER} true"),
+            "{conn}"
+        );
+    }
+    // tls_user may only connect over TLS: with tls = "disable" the upstream refuses.
+    let out = psql(&gw.conninfo("alice", "c_tls_refused"), "SELECT 1", &[]);
+    assert!(!out.success());
+    assert!(!out.stderr.contains(pg.password(TLS_USER)), "{out:?}");
+}
+
+#[test]
+fn wrong_token_unknown_connection_and_upstream_down() {
+    let (pg, gw_lab) = lab();
+    drop(gw_lab);
+    let down_port = free_port();
+    let gw = Gateway::start(
+        GatewayConfig::new(&pg)
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER))
+            .connection(ConnectionSpec::postgres("down", &pg, "lab", SCRAM_USER).port(down_port)),
+    );
+    let addr = gw.pg_addr();
+    let wrong = format!(
+        "host={} port={} user=alice dbname=lab password=not-the-token",
+        addr.ip(),
+        addr.port()
+    );
+    let out = psql(&wrong, "SELECT 1", &[]);
+    assert!(
+        out.stderr.contains("password authentication failed"),
+        "{out:?}"
+    );
+
+    let out = psql(&gw.conninfo("alice", "nosuch"), "SELECT 1", &[]);
+    assert!(
+        out.stderr.contains("connection \"nosuch\" does not exist"),
+        "{out:?}"
+    );
+
+    let out = psql(&gw.conninfo("alice", "down"), "SELECT 1", &[]);
+    assert!(
+        out.stderr.contains("could not connect to the target"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains(pg.password(SCRAM_USER)));
+
+    // The gateway still serves, and recorded the failed attempts.
+    assert_eq!(
+        psql(&gw.conninfo("alice", "lab"), "SELECT 7", &[])
+            .expect_success()
+            .trim(),
+        "7"
+    );
+    let sessions = cli_json(&gw, &["sessions", "list", "--json"]).to_string();
+    assert!(
+        sessions.contains("nosuch"),
+        "unknown-connection attempt recorded: {sessions}"
+    );
+    assert!(
+        sessions.contains("bad credentials"),
+        "wrong-token attempt recorded: {sessions}"
+    );
+    assert!(
+        !gw.stderr_contents().contains("not-the-token"),
+        "presented tokens are never logged"
+    );
+}
+
+fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("message header");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).expect("message body");
+    (head[0], body)
+}
+
+fn raw_login(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", "alice"), ("database", "lab")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    s.write_all(&msg).unwrap();
+    assert_eq!(read_message(&mut s).0, b'R');
+    let token = gw.token("alice");
+    let mut pw = vec![b'p'];
+    pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
+    pw.extend_from_slice(token.as_bytes());
+    pw.push(0);
+    s.write_all(&pw).unwrap();
+    loop {
+        let (tag, _) = read_message(&mut s);
+        if tag == b'Z' {
+            return s;
+        }
+        assert_ne!(tag, b'E', "login failed");
+    }
+}
+
+#[test]
+fn malformed_startup_and_oversized_messages_close_only_that_session() {
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    let gw = Gateway::start(
+        GatewayConfig::new(&pg)
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER))
+            .extra_toml("[postgres]\nmax_message_bytes = 1048576"),
+    );
+    // A session that stays open throughout.
+    let mut bystander = raw_login(&gw);
+
+    // Startup length smaller than its own header.
+    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&[0, 0, 0, 3, 0, 0, 0, 0]).unwrap();
+    let (tag, body) = read_message(&mut s);
+    assert_eq!(tag, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("08P01"));
+
+    // Startup length far beyond the limit.
+    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).unwrap();
+    let (tag, _) = read_message(&mut s);
+    assert_eq!(tag, b'E');
+
+    // After login: a Query whose length exceeds max_message_bytes.
+    let mut s = raw_login(&gw);
+    s.write_all(&[b'Q', 0x10, 0, 0, 0]).unwrap();
+    let (tag, body) = read_message(&mut s);
+    assert_eq!(tag, b'E');
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("08P01") && text.contains("FATAL"), "{text}");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+
+    // An unknown message type.
+    let mut s = raw_login(&gw);
+    s.write_all(&[b'?', 0, 0, 0, 4]).unwrap();
+    let (tag, _) = read_message(&mut s);
+    assert_eq!(tag, b'E');
+
+    // Everyone else is still served.
+    let mut q = vec![b'Q'];
+    let sql = b"SELECT 1\0";
+    q.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    q.extend_from_slice(sql);
+    bystander.write_all(&q).unwrap();
+    let mut tags = Vec::new();
+    loop {
+        let (tag, _) = read_message(&mut bystander);
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags, vec![b'T', b'D', b'C', b'Z']);
+    assert_eq!(
+        psql(&gw.conninfo("alice", "lab"), "SELECT 2", &[])
+            .expect_success()
+            .trim(),
+        "2"
+    );
+}
+
+#[test]
+fn every_statement_is_recorded_and_the_chain_detects_tampering() {
+    let (pg, gw) = lab();
+    rt().block_on(async {
+        let c = connect(&gw, "alice", "lab").await;
+        c.batch_execute("CREATE TABLE r (id int, secret_note text)")
+            .await
+            .unwrap();
+        c.execute(
+            "INSERT INTO r VALUES ($1, $2)",
+            &[&7i32, &"bind-param-value"],
+        )
+        .await
+        .unwrap();
+        let rows = c.query("SELECT * FROM r", &[]).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let _ = c.query("SELECT 1/0", &[]).await.unwrap_err();
+    });
+    let list = cli_json(&gw, &["sessions", "list", "--json"]);
+    let sessions = list
+        .as_array()
+        .or_else(|| list["sessions"].as_array())
+        .expect("a list of sessions")
+        .clone();
+    let id = sessions
+        .iter()
+        .find(|s| s.to_string().contains("\"lab\""))
+        .and_then(|s| s["id"].as_str())
+        .expect("the lab session")
+        .to_string();
+    let detail = cli_json(&gw, &["sessions", "show", &id, "--json"]);
+    let text = detail.to_string();
+    assert!(text.contains("CREATE TABLE r"), "{text}");
+    assert!(text.contains("INSERT INTO r VALUES ($1, $2)"), "{text}");
+    assert!(
+        text.contains("bind-param-value"),
+        "bind parameters recorded: {text}"
+    );
+    assert!(text.contains("INSERT 0 1"), "command tag recorded: {text}");
+    assert!(
+        text.contains("22012"),
+        "SQLSTATE of the failed statement recorded: {text}"
+    );
+
+    let out = cli(&gw, gw.token("alice"), &["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Alter one recorded statement by hand.
+    let db = gw.data_dir().join("airlock.db");
+    let edit = python(
+        "import sqlite3, sys\ncon = sqlite3.connect(sys.argv[1])\nn = con.execute(\"UPDATE events SET body = replace(body, 'bind-param-value', 'forged') WHERE body LIKE '%bind-param-value%'\").rowcount\ncon.commit()\nprint(n)",
+        &[&db.to_string_lossy()],
+    );
+    assert_ne!(edit.expect_success().trim(), "0", "a row was altered");
+    let out = cli(&gw, gw.token("alice"), &["audit", "verify"]);
+    assert!(!out.status.success(), "verify must fail after tampering");
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        report.contains(&id),
+        "the altered session is named: {report}"
+    );
+    drop(pg);
+}
+
+#[test]
+fn upstream_password_never_reaches_data_dir_logs_or_api() {
+    let (pg, gw) = lab();
+    let password = pg.password(SCRAM_USER).to_string();
+    let ci = gw.conninfo("alice", "lab");
+    psql(
+        &ci,
+        "SELECT 1; SELECT current_setting('server_version')",
+        &[],
+    )
+    .expect_success();
+    let _ = psql(&ci, "SELECT * FROM nowhere", &[]);
+    let list = cli(&gw, gw.token("alice"), &["sessions", "list", "--json"]);
+    let api_text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(!api_text.contains(&password));
+    let files = walk(gw.data_dir());
+    assert!(
+        files.iter().any(|f| f.ends_with("airlock.db")),
+        "the store was scanned: {files:?}"
+    );
+    for entry in files {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "upstream password found in {}",
+            entry.display()
+        );
+    }
+    assert!(!gw.stderr_contents().contains(&password));
+    assert!(!gw.stdout_contents().contains(&password));
+    assert!(!gw.stderr_contents().contains(gw.token("alice")));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

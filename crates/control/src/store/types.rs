@@ -1,0 +1,175 @@
+//! Data types the store returns and the REST API serves; the CLI parses them back.
+//!
+//! They live apart from the store's machinery so that a client can depend on
+//! the shapes without caring how they are produced. Nothing here has a field
+//! for a token or a credential: the store never holds one.
+
+use airlock_pipeline::model::{Classification, Decision};
+use airlock_pipeline::record::MaskCount;
+use serde::{Deserialize, Serialize};
+
+/// Which sessions to list. Every field narrows the result; `None` means "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionFilter {
+    pub identity: Option<String>,
+    pub connection: Option<String>,
+    /// Only sessions started at or after this instant (µs since the Unix epoch).
+    pub since_us: Option<i64>,
+    /// At most this many sessions; the store caps it at [`MAX_LIST_LIMIT`].
+    pub limit: Option<u32>,
+    /// Only connection attempts that failed before a session existed.
+    #[serde(default)]
+    pub failed_only: bool,
+}
+
+/// How many sessions a listing returns when the filter does not say.
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+/// The most sessions one listing returns, so one request cannot pull the whole store.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    /// Started and not yet ended (or the gateway stopped before recording the end).
+    Active,
+    Ended,
+    /// A connection attempt refused before a session existed.
+    Failed,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Active => "active",
+            SessionStatus::Ended => "ended",
+            SessionStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored column value; unknown values read as `Active` so a
+    /// newer writer's status does not make old readers fail.
+    pub fn from_column(s: &str) -> Self {
+        match s {
+            "ended" => SessionStatus::Ended,
+            "failed" => SessionStatus::Failed,
+            _ => SessionStatus::Active,
+        }
+    }
+}
+
+/// One row of a session listing, derived from the session's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// The session's UUID.
+    pub id: String,
+    /// The authenticated identity, or for a failed attempt the name the client claimed.
+    pub identity: String,
+    pub identity_kind: Option<String>,
+    pub connection: String,
+    pub protocol: String,
+    pub client_addr: String,
+    pub application_name: Option<String>,
+    pub tls: bool,
+    /// µs since the Unix epoch.
+    pub started_at_us: i64,
+    pub ended_at_us: Option<i64>,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub commands: u64,
+    /// Commands whose verdict was deny.
+    pub denied: u64,
+    /// True for a connection attempt that failed before a session existed.
+    pub failed: bool,
+    pub status: SessionStatus,
+    /// Why the session ended, or why the attempt failed.
+    pub end_reason: Option<String>,
+}
+
+/// A session with its timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionDetail {
+    pub summary: SessionSummary,
+    /// Commands in order, each with its result when one was recorded.
+    pub commands: Vec<CommandEntry>,
+    /// Every other event (start, end, failures, results without a command), in order.
+    pub events: Vec<EventEntry>,
+}
+
+/// A recorded command joined with its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandEntry {
+    /// Position of the command event in the session's chain.
+    pub seq: i64,
+    /// The adapter's command number (from 1).
+    pub command_seq: u64,
+    pub at_us: i64,
+    pub text: String,
+    pub params: Vec<Option<String>>,
+    pub via: String,
+    pub classification: Classification,
+    pub decision: Decision,
+    /// `None` when nothing came back: refused, held, or the session died first.
+    pub result: Option<CommandOutcome>,
+}
+
+/// What came back for a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// Position of the result event in the session's chain.
+    pub seq: i64,
+    pub at_us: i64,
+    pub tags: Vec<String>,
+    pub rows: u64,
+    pub duration_us: u64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub masked: Vec<MaskCount>,
+}
+
+/// Any event that is not a command joined with its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEntry {
+    pub seq: i64,
+    pub at_us: i64,
+    pub kind: String,
+    /// The event body as stored (JSON of `EventBody`, or whatever the row holds).
+    pub body: serde_json::Value,
+}
+
+/// Outcome of walking every session's hash chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub sessions: u64,
+    pub events: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// One thing wrong with one session's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub session_id: String,
+    /// The event the problem is about, when it is about one.
+    pub seq: Option<i64>,
+    pub problem: String,
+}
+
+/// Counters about the writer, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Events committed.
+    pub events: u64,
+    /// Largest number of events committed in one transaction.
+    pub max_batch: u64,
+    /// Batches that failed and were refused.
+    pub failed_batches: u64,
+}
