@@ -138,6 +138,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         audit: Arc::new(store.clone()),
         masker,
         classify_limits: ClassifyLimits::default(),
+        approvals: None,
+        public_url: cfg.public_url.clone(),
+        pending_ttl: std::time::Duration::from_secs(15 * 60),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

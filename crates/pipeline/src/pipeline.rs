@@ -13,6 +13,9 @@ use arc_swap::ArcSwap;
 use metrics::{Counter, Histogram};
 use uuid::Uuid;
 
+use crate::approvals::{
+    ApprovalBroker, ApprovalRequest, ApprovalStatus, ApprovalSubject, Resolution,
+};
 use crate::auth::IdentityRegistry;
 use crate::classify::{ClassifyLimits, SqlClassifier, SqlDialect};
 use crate::mask::{ConnectionMasker, Masker};
@@ -54,12 +57,25 @@ pub struct ConnectRequest<'a> {
 pub enum Admission {
     /// Forward it; it has been recorded as command `seq`.
     Forward { seq: u64 },
+    /// Hold it until people approve: tell the client `notice` now, then
+    /// wait with [`Session::await_hold`].
+    Hold(Hold),
     /// Do not forward it; tell the client `message` with `sqlstate`.
     Refuse {
         seq: u64,
         sqlstate: &'static str,
         message: String,
     },
+}
+
+/// A command waiting for approval.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub seq: u64,
+    pub request_id: Uuid,
+    /// One line for the client, e.g. `airlock: statement held for approval
+    /// <id>: <url> (needs 1 of: dba)`.
+    pub notice: String,
 }
 
 /// What came back for a command, reported by the adapter.
@@ -89,6 +105,12 @@ pub struct PipelineParts {
     pub audit: Arc<dyn AuditSink>,
     pub masker: Masker,
     pub classify_limits: ClassifyLimits,
+    /// Where review verdicts are held; without one, review refuses.
+    pub approvals: Option<Arc<dyn ApprovalBroker>>,
+    /// Base URL for links in notices.
+    pub public_url: String,
+    /// Expiry of a held command when policy gives no `@approval_ttl`.
+    pub pending_ttl: Duration,
 }
 
 struct Meters {
@@ -123,6 +145,9 @@ pub struct Pipeline {
     sql: SqlClassifier,
     audit: Arc<dyn AuditSink>,
     masker: ArcSwap<Masker>,
+    approvals: Option<Arc<dyn ApprovalBroker>>,
+    public_url: String,
+    pending_ttl: Duration,
     meters: Meters,
 }
 
@@ -140,6 +165,9 @@ impl Pipeline {
             sql: SqlClassifier::new(SqlDialect::Postgres, parts.classify_limits),
             audit: parts.audit,
             masker: ArcSwap::from_pointee(parts.masker),
+            approvals: parts.approvals,
+            public_url: parts.public_url,
+            pending_ttl: parts.pending_ttl,
             meters: Meters::new(),
         })
     }
@@ -279,15 +307,20 @@ impl Session {
 
     /// Classifies, decides and records one command. Only `Forward` lets the
     /// adapter send it on; a store failure refuses it (fail closed).
-    pub async fn admit(&self, input: CommandInput) -> Admission {
+    pub async fn admit(&self, input: CommandInput, held: &[u8]) -> Admission {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let p = &self.pipeline;
         let started = std::time::Instant::now();
         let classification = p.sql.classify(&input.text);
         let policy = p.policy.current();
+        // A just-in-time grant is a fact policy sees (`context.grant`).
+        let grant = p
+            .approvals
+            .as_ref()
+            .is_some_and(|b| b.has_grant(&self.info.identity.name, &self.info.connection.name));
         let ctx = PolicyContext {
             params: input.params.clone(),
-            grant: false,
+            grant,
         };
         let decision = policy.decide_sql(
             &self.info.identity,
@@ -301,14 +334,41 @@ impl Session {
 
         let verdict = decision.verdict;
         let message = decision.client_message(&self.info.connection.name);
+        // Only a held command needs the hash of its exact bytes.
+        let hold = (verdict == Verdict::Review && p.approvals.is_some())
+            .then(|| self.approval_request(seq, &input, held, &classification, &decision));
+        // Recordings hold masked values only: literals and bind parameters
+        // go through the connection's detectors before they are stored.
+        let (text, params) = match &self.masker {
+            Some(m) => (
+                m.mask_text(&input.text)
+                    .unwrap_or_else(|| input.text.to_string()),
+                input
+                    .params
+                    .into_iter()
+                    .map(|p| p.map(|v| m.mask_text(&v).unwrap_or(v)))
+                    .collect(),
+            ),
+            None => (input.text.to_string(), input.params),
+        };
         let event = AuditEvent::now(
             self.info.id,
             EventBody::Command {
                 seq,
-                text: input.text.to_string(),
-                params: input.params,
+                text,
+                params,
                 via: format!("{:?}", input.via).to_lowercase(),
-                classification: (*classification).clone(),
+                classification: {
+                    let mut c = (*classification).clone();
+                    if let Some(m) = &self.masker {
+                        for st in &mut c.statements {
+                            if let Some(masked) = m.mask_text(&st.text) {
+                                st.text = masked;
+                            }
+                        }
+                    }
+                    c
+                },
                 decision,
             },
         );
@@ -336,14 +396,153 @@ impl Session {
                 }
             }
             Verdict::Review => {
-                // Until approvals can hold a command, review never lets it through.
                 p.meters.reviewed.increment(1);
-                Admission::Refuse {
-                    seq,
-                    sqlstate: "42501",
-                    message: format!("statement needs approval: {message}"),
+                match (hold, p.approvals.as_ref()) {
+                    (Some(request), Some(broker)) => {
+                        let id = request.id;
+                        let groups = if request.reviewers.is_empty() {
+                            "any human reviewer".to_string()
+                        } else {
+                            request.reviewers.join(", ")
+                        };
+                        let notice = format!(
+                            "airlock: statement held for approval {id}: {}/approvals/{id} (needs {} of: {groups})",
+                            p.public_url, request.min_approvals
+                        );
+                        match broker.submit(request).await {
+                            Ok(()) => Admission::Hold(Hold {
+                                seq,
+                                request_id: id,
+                                notice,
+                            }),
+                            Err(e) => Admission::Refuse {
+                                seq,
+                                sqlstate: "42501",
+                                message: format!(
+                                    "statement needs approval, but no request could be made ({e}): {message}"
+                                ),
+                            },
+                        }
+                    }
+                    // No approval path: review never lets anything through.
+                    _ => Admission::Refuse {
+                        seq,
+                        sqlstate: "42501",
+                        message: format!("statement needs approval: {message}"),
+                    },
                 }
             }
+        }
+    }
+
+    fn approval_request(
+        &self,
+        seq: u64,
+        input: &CommandInput,
+        held: &[u8],
+        classification: &Classification,
+        decision: &Decision,
+    ) -> ApprovalRequest {
+        use sha2::{Digest, Sha256};
+        // Bind the approval to the text, the parameters and the exact bytes
+        // that will be forwarded.
+        let mut h = Sha256::new();
+        h.update(input.text.as_bytes());
+        for param in &input.params {
+            h.update([0u8]);
+            match param {
+                Some(v) => h.update(v.as_bytes()),
+                None => h.update([0xffu8]),
+            }
+        }
+        h.update([0u8]);
+        h.update(held);
+        let now = crate::record::unix_micros(SystemTime::now());
+        let ttl = decision
+            .approval_ttl_secs
+            .map(Duration::from_secs)
+            .unwrap_or(self.pipeline.pending_ttl);
+        let (text, params) = match &self.masker {
+            Some(m) => (
+                m.mask_text(&input.text)
+                    .unwrap_or_else(|| input.text.to_string()),
+                input
+                    .params
+                    .iter()
+                    .map(|p| {
+                        p.as_ref()
+                            .map(|v| m.mask_text(v).unwrap_or_else(|| v.clone()))
+                    })
+                    .collect(),
+            ),
+            None => (input.text.to_string(), input.params.clone()),
+        };
+        ApprovalRequest {
+            id: Uuid::now_v7(),
+            requester: self.info.identity.name.clone(),
+            requester_kind: self.info.identity.kind,
+            connection: self.info.connection.name.clone(),
+            subject: ApprovalSubject::Command {
+                session_id: self.info.id,
+                seq,
+                protocol: self.info.connection.protocol.as_str().to_string(),
+                text,
+                params,
+                wire_sha256: hex::encode(h.finalize()),
+                classification: classification.clone(),
+                policy_version: decision.policy_version.clone(),
+            },
+            policies: decision.policies.clone(),
+            reason: decision.reason.clone(),
+            reviewers: decision.reviewers.clone(),
+            min_approvals: decision.min_approvals.max(1),
+            created_at_us: now,
+            expires_at_us: now.saturating_add(ttl.as_micros() as i64),
+            status: ApprovalStatus::Pending,
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Waits for a held command's approval. Only `Forward` releases it.
+    pub async fn await_hold(&self, hold: &Hold) -> Admission {
+        let Some(broker) = self.pipeline.approvals.as_ref() else {
+            return Admission::Refuse {
+                seq: hold.seq,
+                sqlstate: "42501",
+                message: "airlock: approvals are not available".into(),
+            };
+        };
+        let refuse = |message: String| Admission::Refuse {
+            seq: hold.seq,
+            sqlstate: "42501",
+            message,
+        };
+        match broker.wait(hold.request_id).await {
+            Resolution::Released => Admission::Forward { seq: hold.seq },
+            Resolution::Rejected { by, comment } => refuse(format!(
+                "airlock: approval request {} was rejected by {by}: {}",
+                hold.request_id,
+                comment.as_deref().unwrap_or("no reason given")
+            )),
+            Resolution::Expired => refuse(format!(
+                "airlock: approval request {} expired before enough reviewers approved it",
+                hold.request_id
+            )),
+            Resolution::Withdrawn => refuse(format!(
+                "airlock: approval request {} was withdrawn",
+                hold.request_id
+            )),
+            Resolution::Failed(e) => refuse(format!(
+                "airlock: approval request {} failed: {e}",
+                hold.request_id
+            )),
+        }
+    }
+
+    /// The client cancelled or disconnected while its command was held.
+    pub async fn withdraw(&self, hold: &Hold) {
+        if let Some(broker) = self.pipeline.approvals.as_ref() {
+            broker.withdraw(hold.request_id).await;
         }
     }
 

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Where and how to cancel the upstream backend of one session.
 #[derive(Debug, Clone)]
@@ -24,6 +25,9 @@ pub struct UpstreamKey {
 struct Entry {
     client_secret: i32,
     upstream: UpstreamKey,
+    /// Wakes the session if it is holding a command for approval: a cancel
+    /// then withdraws the approval request.
+    on_cancel: Arc<Notify>,
 }
 
 /// Live sessions' cancel keys, keyed by the pid the client was given.
@@ -55,7 +59,7 @@ impl Drop for CancelGuard {
 
 impl CancelRegistry {
     /// Registers a session; returns the secret to give the client.
-    pub fn register(&self, upstream: UpstreamKey) -> (i32, CancelGuard) {
+    pub fn register(&self, upstream: UpstreamKey, on_cancel: Arc<Notify>) -> (i32, CancelGuard) {
         let pid = upstream.pid;
         let mut map = match self.inner.lock() {
             Ok(m) => m,
@@ -69,6 +73,7 @@ impl CancelRegistry {
         list.push(Entry {
             client_secret,
             upstream,
+            on_cancel,
         });
         (
             client_secret,
@@ -82,12 +87,16 @@ impl CancelRegistry {
 
     /// Looks up the upstream key for a client's (pid, secret).
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<UpstreamKey> {
+        self.lookup_entry(pid, secret).map(|(k, _)| k)
+    }
+
+    fn lookup_entry(&self, pid: i32, secret: i32) -> Option<(UpstreamKey, Arc<Notify>)> {
         let map = self.inner.lock().ok()?;
         let list = map.get(&pid)?;
         let mut found = None;
         for e in list {
             if bool::from(e.client_secret.ct_eq(&secret)) {
-                found = Some(e.upstream.clone());
+                found = Some((e.upstream.clone(), e.on_cancel.clone()));
             }
         }
         found
@@ -96,9 +105,11 @@ impl CancelRegistry {
     /// Forwards a cancel to the upstream, if the key is known. Unknown keys
     /// are ignored silently, as PostgreSQL does.
     pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
-        let Some(key) = self.lookup(pid, secret) else {
+        let Some((key, on_cancel)) = self.lookup_entry(pid, secret) else {
             return false;
         };
+        // No stored permit: a cancel only affects a command held right now.
+        on_cancel.notify_waiters();
         let mut msg = BytesMut::with_capacity(16);
         airlock_wire::build::cancel_request(&mut msg, key.pid, key.secret);
         match TcpStream::connect((key.host.as_str(), key.port)).await {
@@ -131,7 +142,7 @@ mod tests {
     #[test]
     fn lookup_needs_the_client_secret_not_the_upstream_one() {
         let reg = CancelRegistry::default();
-        let (secret, _guard) = reg.register(key(42));
+        let (secret, _guard) = reg.register(key(42), Arc::new(Notify::new()));
         assert_eq!(reg.lookup(42, secret).map(|k| k.secret), Some(777));
         assert!(reg.lookup(42, 777).is_none() || secret == 777);
         assert!(reg.lookup(43, secret).is_none());
@@ -140,7 +151,7 @@ mod tests {
     #[test]
     fn guard_removes_key() {
         let reg = CancelRegistry::default();
-        let (secret, guard) = reg.register(key(42));
+        let (secret, guard) = reg.register(key(42), Arc::new(Notify::new()));
         drop(guard);
         assert!(reg.lookup(42, secret).is_none());
     }

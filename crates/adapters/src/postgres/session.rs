@@ -15,10 +15,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use airlock_pipeline::mask::{ColumnMeta, ConnectionMasker, MaskStats, RowPlan};
 use airlock_pipeline::model::{CommandInput, CommandVia, Protocol};
 use airlock_pipeline::pipeline::{
     Admission, CommandOutcome, ConnectRefusal, ConnectRequest, Session, SessionTotals,
 };
+use airlock_pipeline::record::MaskCount;
 use airlock_wire::backend::{self, ErrorResponse};
 use airlock_wire::build::{self, ErrorFields};
 use airlock_wire::frame::split_frame;
@@ -31,6 +33,7 @@ use tokio::sync::mpsc;
 
 use super::PgAdapter;
 use super::cancel::UpstreamKey;
+use super::masking;
 use super::tracker::{Pending, PendingKind, Tracker};
 use super::upstream::{self, FORWARDED_PARAMS};
 use crate::io::BoxStream;
@@ -313,12 +316,16 @@ async fn startup(
         }
     };
 
-    let (client_secret, _cancel_guard) = adapter.cancels.register(UpstreamKey {
-        host: target.host.clone(),
-        port: target.port,
-        pid: up.pid,
-        secret: up.secret,
-    });
+    let on_cancel = Arc::new(tokio::sync::Notify::new());
+    let (client_secret, _cancel_guard) = adapter.cancels.register(
+        UpstreamKey {
+            host: target.host.clone(),
+            port: target.port,
+            pid: up.pid,
+            secret: up.secret,
+        },
+        on_cancel.clone(),
+    );
     out.clear();
     build::auth_ok(&mut out);
     for f in &up.startup_frames {
@@ -338,6 +345,7 @@ async fn startup(
     let (tx, rx) = mpsc::unbounded_channel();
     let param_types = ParamTypes::default();
     let client = ClientHalf {
+        on_cancel,
         param_types: param_types.clone(),
         session: session.clone(),
         adapter: adapter.clone(),
@@ -353,6 +361,8 @@ async fn startup(
         tracker: Tracker::default(),
         param_types,
         describes: VecDeque::new(),
+        mask: session.masker().cloned().map(MaskState::new),
+        repl: BytesMut::new(),
         bytes: 0,
     };
     let client_fut = client.run(cr, uw, buf);
@@ -387,12 +397,16 @@ async fn startup(
 struct Portal {
     text: Arc<str>,
     params: Vec<Option<String>>,
+    statement: String,
+    result_formats: Vec<i16>,
     /// Set once an Execute of this portal was admitted: later Executes of
     /// the same portal fetch more rows of the same command.
     admitted: Option<u64>,
 }
 
 struct ClientHalf {
+    /// Notified when the client sends a CancelRequest.
+    on_cancel: Arc<tokio::sync::Notify>,
     param_types: ParamTypes,
     session: Arc<Session>,
     adapter: Arc<PgAdapter>,
@@ -404,8 +418,16 @@ struct ClientHalf {
     bytes: u64,
 }
 
-/// A client protocol violation that ends the session.
+/// A client protocol violation (or disappearance) that ends the session.
 struct ClientFault(&'static str, String);
+
+/// The client half's sockets and read buffer, lent to a command that must
+/// wait for approval.
+struct ClientIo<'a> {
+    cr: &'a mut ReadHalf<BoxStream>,
+    uw: &'a mut WriteHalf<BoxStream>,
+    buf: &'a mut BytesMut,
+}
 
 impl ClientHalf {
     async fn run(
@@ -428,7 +450,12 @@ impl ClientHalf {
                         break 'outer format!("client protocol error: {e}");
                     }
                 };
-                match self.handle(frame, &mut out).await {
+                let mut io = ClientIo {
+                    cr: &mut cr,
+                    uw: &mut uw,
+                    buf: &mut buf,
+                };
+                match self.handle(frame, &mut out, &mut io).await {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = uw.write_all(&out).await;
@@ -482,6 +509,7 @@ impl ClientHalf {
         &mut self,
         frame: airlock_wire::frame::Frame,
         out: &mut BytesMut,
+        io: &mut ClientIo<'_>,
     ) -> Result<bool, ClientFault> {
         use frontend::tag;
         let bad = |e: airlock_wire::WireError| {
@@ -495,8 +523,15 @@ impl ClientHalf {
                     params: Vec::new(),
                     via: CommandVia::SimpleQuery,
                 };
-                let admission = self.session.admit(input).await;
-                self.forward_or_refuse(admission, PendingKind::Simple, &frame.bytes, out);
+                let csv = self.is_csv_copy(&input.text);
+                let admission = self.admit(input, &frame.bytes, out, io).await?;
+                self.forward_or_refuse(
+                    admission,
+                    PendingKind::Simple,
+                    &frame.bytes,
+                    out,
+                    |p, _| p.copy_csv = csv,
+                );
                 self.batch += 1;
             }
             tag::PARSE => {
@@ -549,6 +584,8 @@ impl ClientHalf {
                     Portal {
                         text,
                         params,
+                        statement: b.statement.to_string(),
+                        result_formats: b.result_formats.clone(),
                         admitted: None,
                     },
                 );
@@ -559,7 +596,9 @@ impl ClientHalf {
                 let portal_name = e.portal.to_string();
                 let resumed = self.portals.get(&portal_name).and_then(|p| p.admitted);
                 if let Some(seq) = resumed {
-                    self.queue(Pending::new(seq, PendingKind::Execute, self.batch));
+                    let mut p = Pending::new(seq, PendingKind::Execute, self.batch);
+                    self.describe_result(&mut p, &portal_name);
+                    self.queue(p);
                     out.extend_from_slice(&frame.bytes);
                     return Ok(true);
                 }
@@ -579,13 +618,23 @@ impl ClientHalf {
                         via: CommandVia::Extended,
                     },
                 };
-                let admission = self.session.admit(input).await;
+                let csv = self.is_csv_copy(&input.text);
+                let admission = self.admit(input, &frame.bytes, out, io).await?;
                 if let (Admission::Forward { seq }, Some(p)) =
                     (&admission, self.portals.get_mut(&portal_name))
                 {
                     p.admitted = Some(*seq);
                 }
-                self.forward_or_refuse(admission, PendingKind::Execute, &frame.bytes, out);
+                self.forward_or_refuse(
+                    admission,
+                    PendingKind::Execute,
+                    &frame.bytes,
+                    out,
+                    |p, me| {
+                        me.describe_result(p, &portal_name);
+                        p.copy_csv = csv;
+                    },
+                );
             }
             tag::CLOSE => {
                 let c = frontend::Close::decode(frame.body()).map_err(bad)?;
@@ -613,8 +662,14 @@ impl ClientHalf {
                     params: Vec::new(),
                     via: CommandVia::FunctionCall,
                 };
-                let admission = self.session.admit(input).await;
-                self.forward_or_refuse(admission, PendingKind::FunctionCall, &frame.bytes, out);
+                let admission = self.admit(input, &frame.bytes, out, io).await?;
+                self.forward_or_refuse(
+                    admission,
+                    PendingKind::FunctionCall,
+                    &frame.bytes,
+                    out,
+                    |_, _| {},
+                );
                 self.batch += 1;
             }
             tag::TERMINATE => {
@@ -644,34 +699,140 @@ impl ClientHalf {
         Ok(true)
     }
 
-    /// Forwards the client's message, or its stand-in if refused.
+    /// Asks the pipeline about a command; when it must be held, forwards
+    /// what came before it, tells the client, and waits for the decision
+    /// while watching for a disconnect or a CancelRequest (both withdraw).
+    async fn admit(
+        &mut self,
+        input: CommandInput,
+        held: &Bytes,
+        out: &mut BytesMut,
+        io: &mut ClientIo<'_>,
+    ) -> Result<Admission, ClientFault> {
+        let admission = self.session.admit(input, held).await;
+        let Admission::Hold(hold) = admission else {
+            return Ok(admission);
+        };
+        let gone = |e: String| ClientFault("08006", e);
+        io.uw
+            .write_all(out)
+            .await
+            .map_err(|e| gone(format!("upstream write failed: {e}")))?;
+        io.uw
+            .flush()
+            .await
+            .map_err(|e| gone(format!("upstream write failed: {e}")))?;
+        out.clear();
+        let mut notice = BytesMut::with_capacity(64 + hold.notice.len());
+        build::notice_response(
+            &mut notice,
+            &ErrorFields::new("NOTICE", "01000", &hold.notice),
+        );
+        let _ = self.tx.send(Ctl::Inject(notice.freeze()));
+        tracing::info!(session = %self.session.info().id, request = %hold.request_id, "command held for approval");
+
+        let limit = self.adapter.settings.max_message_bytes;
+        let wait = self.session.await_hold(&hold);
+        tokio::pin!(wait);
+        let mut cancelled = false;
+        loop {
+            tokio::select! {
+                decided = &mut wait => {
+                    return Ok(match decided {
+                        Admission::Refuse { seq, .. } if cancelled => Admission::Refuse {
+                            seq,
+                            sqlstate: "57014",
+                            message: format!(
+                                "canceling statement due to user request (approval request {} withdrawn)",
+                                hold.request_id
+                            ),
+                        },
+                        other => other,
+                    });
+                }
+                _ = self.on_cancel.notified(), if !cancelled => {
+                    cancelled = true;
+                    self.session.withdraw(&hold).await;
+                }
+                // Keep reading so a disconnect is noticed; pipelined
+                // messages wait in the buffer (bounded) until the decision.
+                r = io.cr.read_buf(io.buf), if io.buf.len() < limit => match r {
+                    Ok(0) | Err(_) => {
+                        self.session.withdraw(&hold).await;
+                        return Err(gone("client disconnected while its command was held".into()));
+                    }
+                    Ok(n) => self.bytes += n as u64,
+                },
+            }
+        }
+    }
+
+    /// For masked sessions: which statement's columns and which result
+    /// formats this Execute's rows will have.
+    fn describe_result(&self, p: &mut Pending, portal: &str) {
+        if self.session.masker().is_some()
+            && let Some(portal) = self.portals.get(portal)
+        {
+            p.statement = Some(portal.statement.clone());
+            p.result_formats = portal.result_formats.clone();
+        }
+    }
+
+    /// A CSV-format COPY is masked line-wise; only masked sessions care.
+    fn is_csv_copy(&self, text: &str) -> bool {
+        self.session.masker().is_some() && text.to_ascii_lowercase().contains("csv")
+    }
+
+    /// Forwards the client's message, or its stand-in if refused. `shape`
+    /// adds what the server half needs to know about the result.
     fn forward_or_refuse(
         &mut self,
         admission: Admission,
         kind: PendingKind,
         original: &Bytes,
         out: &mut BytesMut,
+        shape: impl FnOnce(&mut Pending, &Self),
     ) {
         match admission {
             Admission::Forward { seq } => {
-                self.queue(Pending::new(seq, kind, self.batch));
+                let mut p = Pending::new(seq, kind, self.batch);
+                shape(&mut p, self);
+                self.queue(p);
                 out.extend_from_slice(original);
             }
+            // `admit` resolves holds before returning; fail closed anyway.
+            Admission::Hold(h) => self.refuse(
+                h.seq,
+                "42501",
+                "airlock: held command was not resolved",
+                kind,
+                out,
+            ),
             Admission::Refuse {
                 seq,
                 sqlstate,
                 message,
-            } => {
-                let mut pending = Pending::new(seq, kind, self.batch);
-                let mut err = BytesMut::with_capacity(64 + message.len());
-                build::error_response(&mut err, &ErrorFields::new("ERROR", sqlstate, &message));
-                pending.replacement = Some(err.freeze());
-                self.queue(pending);
-                match kind {
-                    PendingKind::Execute => build::parse(out, "", DENY_SQL, &[]),
-                    PendingKind::Simple | PendingKind::FunctionCall => build::query(out, DENY_SQL),
-                }
-            }
+            } => self.refuse(seq, sqlstate, &message, kind, out),
+        }
+    }
+
+    /// Sends the stand-in for a refused command and queues Airlock's error.
+    fn refuse(
+        &mut self,
+        seq: u64,
+        sqlstate: &str,
+        message: &str,
+        kind: PendingKind,
+        out: &mut BytesMut,
+    ) {
+        let mut pending = Pending::new(seq, kind, self.batch);
+        let mut err = BytesMut::with_capacity(64 + message.len());
+        build::error_response(&mut err, &ErrorFields::new("ERROR", sqlstate, message));
+        pending.replacement = Some(err.freeze());
+        self.queue(pending);
+        match kind {
+            PendingKind::Execute => build::parse(out, "", DENY_SQL, &[]),
+            PendingKind::Simple | PendingKind::FunctionCall => build::query(out, DENY_SQL),
         }
     }
 }
@@ -683,13 +844,10 @@ struct ServerHalf {
     param_types: ParamTypes,
     /// Statements whose ParameterDescription is still to come, with batch.
     describes: VecDeque<(String, u64)>,
+    mask: Option<MaskState>,
+    /// Reused buffer for rewritten messages.
+    repl: BytesMut,
     bytes: u64,
-}
-
-/// What to do with one upstream message.
-enum Relay {
-    Keep,
-    Replace(Bytes),
 }
 
 impl ServerHalf {
@@ -769,6 +927,7 @@ impl ServerHalf {
     fn relay_chunk(&mut self, buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, String> {
         let mut pos = 0usize;
         let mut rebuilt: Option<BytesMut> = None;
+        let mut repl = std::mem::take(&mut self.repl);
         loop {
             let rest = &buf[pos..];
             if rest.len() < 5 {
@@ -776,6 +935,7 @@ impl ServerHalf {
             }
             let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
             if len < 4 || len > max {
+                self.repl = repl;
                 return Err(format!(
                     "airlock: upstream message of {len} bytes exceeds the limit"
                 ));
@@ -786,24 +946,22 @@ impl ServerHalf {
                 break;
             }
             let frame = &rest[..total];
-            let action = self.observe(frame);
-            match action {
-                Relay::Keep => {
-                    if let Some(r) = rebuilt.as_mut() {
-                        r.extend_from_slice(frame);
-                    }
+            repl.clear();
+            if self.observe(frame, &mut repl) {
+                if let Some(r) = rebuilt.as_mut() {
+                    r.extend_from_slice(frame);
                 }
-                Relay::Replace(bytes) => {
-                    let r = rebuilt.get_or_insert_with(|| {
-                        let mut r = BytesMut::with_capacity(pos + bytes.len() + 64);
-                        r.extend_from_slice(&buf[..pos]);
-                        r
-                    });
-                    r.extend_from_slice(&bytes);
-                }
+            } else {
+                let r = rebuilt.get_or_insert_with(|| {
+                    let mut r = BytesMut::with_capacity(buf.len() + 64);
+                    r.extend_from_slice(&buf[..pos]);
+                    r
+                });
+                r.extend_from_slice(&repl);
             }
             pos += total;
         }
+        self.repl = repl;
         if pos == 0 {
             return Ok(None);
         }
@@ -814,30 +972,96 @@ impl ServerHalf {
         }))
     }
 
-    /// Looks at one upstream message: pairs it with its command and decides
-    /// whether it goes out as is.
-    fn observe(&mut self, frame: &[u8]) -> Relay {
+    /// Looks at one upstream message: pairs it with its command, masks it
+    /// if needed. Returns true to send it as is; false to send what it wrote
+    /// to `repl` instead (possibly nothing).
+    fn observe(&mut self, frame: &[u8], repl: &mut BytesMut) -> bool {
         let tag = frame[0];
         let body = &frame[5..];
         match tag {
-            backend::tag::DATA_ROW | backend::tag::COPY_DATA => {
+            backend::tag::DATA_ROW => {
                 if let Some(p) = self.tracker.head() {
                     p.rows += 1;
                 }
-                Relay::Keep
+                self.mask_row(frame, repl)
             }
-            backend::tag::COMMAND_COMPLETE => {
+            backend::tag::COPY_DATA => {
                 if let Some(p) = self.tracker.head() {
-                    if let Ok(c) = backend::CommandComplete::decode(body) {
+                    p.rows += 1;
+                }
+                self.mask_copy(frame, repl)
+            }
+            backend::tag::ROW_DESCRIPTION => {
+                if let Some(m) = self.mask.as_mut() {
+                    let cols = masking::columns_from_row_description(frame).unwrap_or_default();
+                    match m.last_described.take() {
+                        // Describe of a statement: remember its columns for
+                        // Executes that come without a RowDescription.
+                        Some(name) => {
+                            m.statement_cols.insert(name, Arc::new(cols));
+                        }
+                        None => m.plan = Some(m.masker.plan(&cols)),
+                    }
+                }
+                true
+            }
+            backend::tag::NO_DATA => {
+                if let Some(m) = self.mask.as_mut() {
+                    m.last_described = None;
+                }
+                true
+            }
+            backend::tag::COPY_OUT_RESPONSE => {
+                let csv = self.tracker.head().is_some_and(|p| p.copy_csv);
+                let Some(m) = self.mask.as_mut() else {
+                    return true;
+                };
+                let binary = body.first().is_some_and(|f| *f != 0);
+                if binary {
+                    // Binary COPY cannot be masked: fail closed, as an error.
+                    m.copy = CopyMode::Refused;
+                    build::error_response(
+                        repl,
+                        &ErrorFields::new(
+                            "ERROR",
+                            "42501",
+                            "airlock: binary COPY cannot be masked on this connection; use text or CSV format",
+                        ),
+                    );
+                    if let Some(p) = self.tracker.head() {
+                        p.error_code = Some("42501".into());
+                        p.error_message = Some("binary COPY refused: masking applies".into());
+                    }
+                    return false;
+                }
+                m.copy = if csv { CopyMode::Csv } else { CopyMode::Text };
+                true
+            }
+            backend::tag::COPY_DONE => !self
+                .mask
+                .as_ref()
+                .is_some_and(|m| m.copy == CopyMode::Refused),
+            backend::tag::COMMAND_COMPLETE => {
+                let refused = self.mask.as_mut().is_some_and(|m| {
+                    let r = m.copy == CopyMode::Refused;
+                    m.copy = CopyMode::Off;
+                    m.plan = None;
+                    r
+                });
+                if let Some(p) = self.tracker.head() {
+                    if !refused && let Ok(c) = backend::CommandComplete::decode(body) {
                         p.tags.push(c.tag.to_string());
                     }
                     if p.kind == PendingKind::Execute {
                         self.finish_head();
                     }
                 }
-                Relay::Keep
+                !refused
             }
             backend::tag::EMPTY_QUERY_RESPONSE | backend::tag::PORTAL_SUSPENDED => {
+                if let Some(m) = self.mask.as_mut() {
+                    m.plan = None;
+                }
                 if self
                     .tracker
                     .head()
@@ -845,31 +1069,59 @@ impl ServerHalf {
                 {
                     self.finish_head();
                 }
-                Relay::Keep
+                true
             }
             backend::tag::ERROR_RESPONSE => {
-                let mut action = Relay::Keep;
+                let mut keep = true;
+                let mut stand_in = false;
                 if let Some(p) = self.tracker.head() {
                     let fields = ErrorResponse::decode(body).ok();
                     let message = fields.as_ref().and_then(|f| f.message());
-                    let is_stand_in =
+                    stand_in =
                         p.replacement.is_some() && message.is_some_and(|m| m.contains(DENY_MARKER));
-                    if is_stand_in {
+                    if stand_in {
                         if let Some(rep) = p.replacement.take() {
-                            action = Relay::Replace(rep);
+                            let ours = rep.get(5..).and_then(|b| ErrorResponse::decode(b).ok());
+                            p.error_code = Some(
+                                ours.as_ref()
+                                    .and_then(|e| e.code())
+                                    .unwrap_or("42501")
+                                    .to_string(),
+                            );
+                            p.error_message =
+                                ours.as_ref().and_then(|e| e.message()).map(str::to_string);
+                            repl.extend_from_slice(&rep);
+                            keep = false;
                         }
-                        p.error_code = Some("42501".into());
-                        p.error_message = Some("refused by airlock".into());
                     } else if p.error_code.is_none() {
                         p.error_code = fields.as_ref().and_then(|f| f.code()).map(str::to_string);
                         p.error_message = message.map(str::to_string);
                     }
-                    if p.kind == PendingKind::Execute {
-                        self.finish_head();
+                }
+                if let Some(m) = self.mask.as_mut() {
+                    m.plan = None;
+                    m.copy = CopyMode::Off;
+                    if !stand_in
+                        && masking::rewrite_error_or_notice(&m.masker, frame, repl).unwrap_or(false)
+                    {
+                        keep = false;
                     }
                 }
-                action
+                if self
+                    .tracker
+                    .head()
+                    .is_some_and(|p| p.kind == PendingKind::Execute)
+                {
+                    self.finish_head();
+                }
+                keep
             }
+            backend::tag::NOTICE_RESPONSE => match self.mask.as_ref() {
+                Some(m) => {
+                    !masking::rewrite_error_or_notice(&m.masker, frame, repl).unwrap_or(false)
+                }
+                None => true,
+            },
             backend::tag::PARAMETER_DESCRIPTION => {
                 let batch = self.tracker.current_batch();
                 // Describes of batches that failed earlier never answered.
@@ -877,24 +1129,109 @@ impl ServerHalf {
                     self.describes.pop_front();
                 }
                 if self.describes.front().is_some_and(|(_, b)| *b == batch)
-                    && let (Some((name, _)), Ok(d)) = (
-                        self.describes.pop_front(),
-                        backend::ParameterDescription::decode(body),
-                    )
-                    && let Ok(mut types) = self.param_types.lock()
+                    && let Some((name, _)) = self.describes.pop_front()
                 {
-                    types.insert(name, Arc::from(d.types.as_slice()));
+                    if let Ok(d) = backend::ParameterDescription::decode(body)
+                        && let Ok(mut types) = self.param_types.lock()
+                    {
+                        types.insert(name.clone(), Arc::from(d.types.as_slice()));
+                    }
+                    if let Some(m) = self.mask.as_mut() {
+                        m.last_described = Some(name);
+                    }
                 }
-                Relay::Keep
+                true
             }
             backend::tag::READY_FOR_QUERY => {
+                if let Some(m) = self.mask.as_mut() {
+                    m.plan = None;
+                    m.copy = CopyMode::Off;
+                    m.last_described = None;
+                }
                 for p in self.tracker.ready_for_query() {
                     self.finish(p);
                 }
-                Relay::Keep
+                true
             }
-            _ => Relay::Keep,
+            _ => true,
         }
+    }
+
+    /// Masks a DataRow under the current result's plan. A row whose shape
+    /// is unknown (an Execute of a statement never described) is sent with
+    /// every cell NULL: without column facts nothing can be shown safely.
+    fn mask_row(&mut self, frame: &[u8], repl: &mut BytesMut) -> bool {
+        let Some(m) = self.mask.as_mut() else {
+            return true;
+        };
+        if m.plan.is_none() {
+            let shape = self
+                .tracker
+                .head()
+                .and_then(|p| p.statement.clone().map(|s| (s, p.result_formats.clone())));
+            if let Some((statement, formats)) = shape
+                && let Some(cols) = m.statement_cols.get(&statement)
+            {
+                let cols: Vec<ColumnMeta> = cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let format = match formats.len() {
+                            0 => 0,
+                            1 => formats[0],
+                            _ => formats.get(i).copied().unwrap_or(0),
+                        };
+                        ColumnMeta {
+                            binary: format == 1,
+                            ..c.clone()
+                        }
+                    })
+                    .collect();
+                m.plan = Some(m.masker.plan(&cols));
+            }
+        }
+        match m.plan.as_ref() {
+            Some(plan) => {
+                !masking::rewrite_data_row(plan, frame, repl, &mut m.scratch, &mut m.stats)
+                    .unwrap_or(false)
+            }
+            None => {
+                let columns = backend::DataRow::decode(&frame[5..])
+                    .map(|r| r.len())
+                    .unwrap_or(0);
+                build::data_row(repl, std::iter::repeat_n(None, columns));
+                m.unknown_shape_cells += columns as u64;
+                false
+            }
+        }
+    }
+
+    fn mask_copy(&mut self, frame: &[u8], repl: &mut BytesMut) -> bool {
+        let Some(m) = self.mask.as_mut() else {
+            return true;
+        };
+        let changed = match m.copy {
+            CopyMode::Refused => return false,
+            CopyMode::Csv => masking::rewrite_copy_data_csv_row(
+                &m.masker,
+                frame,
+                repl,
+                &mut m.scratch,
+                &mut m.stats,
+            ),
+            // COPY TO STDOUT in text format (COPY OUT also carries rows of
+            // COPY BOTH, which is never masked because it never starts here).
+            CopyMode::Text | CopyMode::Off => masking::rewrite_copy_data_text_row(
+                &m.masker,
+                None,
+                b'\t',
+                frame,
+                repl,
+                &mut m.scratch,
+                &mut m.stats,
+            ),
+        };
+        !changed.unwrap_or(false)
     }
 
     fn finish_head(&mut self) {
@@ -903,7 +1240,7 @@ impl ServerHalf {
         }
     }
 
-    fn finish(&self, p: Pending) {
+    fn finish(&mut self, p: Pending) {
         let duration = p.started.elapsed();
         self.adapter
             .meters
@@ -912,6 +1249,25 @@ impl ServerHalf {
         if p.error_code.is_some() {
             self.adapter.meters.command_errors.increment(1);
         }
+        let mut masked = Vec::new();
+        let mut error_message = p.error_message;
+        if let Some(m) = self.mask.as_mut() {
+            masked = m.stats.counts();
+            m.stats.reset();
+            if m.unknown_shape_cells > 0 {
+                masked.push(MaskCount {
+                    rule: "unknown_result_shape".into(),
+                    cells: m.unknown_shape_cells,
+                });
+                m.unknown_shape_cells = 0;
+            }
+            // Recordings hold masked values only.
+            if let Some(msg) = error_message.as_deref()
+                && let Some(masked_msg) = m.masker.mask_text(msg)
+            {
+                error_message = Some(masked_msg);
+            }
+        }
         self.session.record_result(
             p.seq,
             CommandOutcome {
@@ -919,9 +1275,50 @@ impl ServerHalf {
                 rows: p.rows,
                 duration,
                 error_code: p.error_code,
-                error_message: p.error_message,
-                masked: Vec::new(),
+                error_message,
+                masked,
             },
         );
+    }
+}
+
+/// How COPY TO STDOUT rows of the current command are masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyMode {
+    Off,
+    Text,
+    Csv,
+    /// Binary COPY on a masked session: refused; drop its data.
+    Refused,
+}
+
+/// Masking state of a session's server half (only for masked sessions).
+struct MaskState {
+    masker: Arc<ConnectionMasker>,
+    /// Plan of the result being relayed now.
+    plan: Option<RowPlan>,
+    /// Columns of described prepared statements.
+    statement_cols: HashMap<String, Arc<Vec<ColumnMeta>>>,
+    /// The statement whose RowDescription comes next (after its
+    /// ParameterDescription).
+    last_described: Option<String>,
+    copy: CopyMode,
+    scratch: Vec<u8>,
+    stats: MaskStats,
+    unknown_shape_cells: u64,
+}
+
+impl MaskState {
+    fn new(masker: Arc<ConnectionMasker>) -> Self {
+        MaskState {
+            stats: masker.new_stats(),
+            masker,
+            plan: None,
+            statement_cols: HashMap::new(),
+            last_described: None,
+            copy: CopyMode::Off,
+            scratch: Vec::new(),
+            unknown_shape_cells: 0,
+        }
     }
 }

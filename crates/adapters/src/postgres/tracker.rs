@@ -39,6 +39,13 @@ pub struct Pending {
     pub tags: Vec<String>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// For masked sessions: the prepared statement an Execute runs and the
+    /// result formats its Bind asked for, so rows can be masked even when
+    /// this Execute was not preceded by a RowDescription.
+    pub statement: Option<String>,
+    pub result_formats: Vec<i16>,
+    /// The command is a CSV-format COPY (masked line-wise).
+    pub copy_csv: bool,
 }
 
 impl Pending {
@@ -53,6 +60,9 @@ impl Pending {
             tags: Vec::new(),
             error_code: None,
             error_message: None,
+            statement: None,
+            result_formats: Vec::new(),
+            copy_csv: false,
         }
     }
 }
