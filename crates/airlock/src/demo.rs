@@ -63,8 +63,9 @@ fn find_pg_bin(name: &str) -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
+/// `preferred` if it is free, else a free ephemeral port (0 = any).
 fn free_port(preferred: u16) -> u16 {
-    if StdListener::bind(("127.0.0.1", preferred)).is_ok() {
+    if preferred != 0 && StdListener::bind(("127.0.0.1", preferred)).is_ok() {
         return preferred;
     }
     StdListener::bind("127.0.0.1:0")
@@ -248,7 +249,7 @@ token_env = "ALICE_TOKEN"
 [[identities]]
 name = "bob"
 kind = "human"
-groups = ["dba", "reviewers"]
+groups = ["dba", "reviewers", "pii-readers"]
 token_env = "BOB_TOKEN"
 
 [[connections]]
@@ -261,9 +262,30 @@ username = "shop_owner"
 password_env = "SHOP_DB_PASSWORD"
 tls = "prefer"
 tags = ["production", "pii"]
+
+# PII never leaves the gateway unmasked, except for pii-readers (bob).
+[[masking]]
+name = "pii-columns"
+tags = ["pii"]
+columns = ["email", "*card*", "ssn", "phone"]
+strategy = "partial"
+
+[[masking]]
+name = "pii-in-text"
+tags = ["pii"]
+detectors = ["email", "credit_card", "us_ssn", "phone", "iban", "aws_access_key", "jwt", "private_key"]
+strategy = "redact"
 "#,
         data_dir = data_dir.display()
     )
+}
+
+/// Prints a line; a closed stdout (the reader went away) is not an error.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -295,7 +317,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "airlock".into());
 
-    println!(
+    say(&format!(
         r#"
 Airlock demo is running.
 
@@ -310,25 +332,28 @@ DROP/TRUNCATE forbidden):
 Connect as "alice", a human DBA and reviewer:
   PGPASSWORD={alice} psql "host=127.0.0.1 port={pg} user=alice dbname=shop"
 
+Connect as "bob", a DBA in pii-readers (sees unmasked values):
+  PGPASSWORD={bob} psql "host=127.0.0.1 port={pg} user=bob dbname=shop"
+
 Inspect what was recorded:
   export AIRLOCK_URL={api} AIRLOCK_TOKEN={alice}
   {exe} sessions list
   {exe} audit verify
 
-Things to try as the agent:
+Things to try as the agent (e-mails, phones, SSNs and cards come back masked):
   SELECT * FROM customers LIMIT 5;
   UPDATE customers SET phone = NULL WHERE id = 1;
   DELETE FROM payments;
   DROP TABLE customers;
 
 Press Ctrl-C to stop; everything is removed."#
-    );
-    println!("{}", running.ready_line());
+    ));
+    say(&running.ready_line());
     serve::shutdown_signal().await;
-    println!("\nstopping...");
+    say("\nstopping...");
     running.stop().await;
     if args.keep {
-        println!("demo files kept in {}", cluster.dir.display());
+        say(&format!("demo files kept in {}", cluster.dir.display()));
     }
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok(())

@@ -241,9 +241,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let cfg = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(cfg.file.server.log_format);
     let running = start(cfg).await?;
-    println!("{}", running.ready_line());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    {
+        // The one stdout line scripts wait for; a closed stdout is no error.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", running.ready_line());
+        let _ = out.flush();
+    }
     tracing::info!(api = %running.api_addr, postgres = ?running.postgres_addr, "airlock is serving");
     shutdown_signal().await;
     tracing::info!("shutting down");
