@@ -261,3 +261,38 @@ fn hash_strategy_is_stable_and_unmask_lets_chosen_groups_see_raw_values() {
         "pii-readers may unmask"
     );
 }
+
+#[test]
+fn table_qualified_rules_apply_only_to_that_table() {
+    let (pg, gw) = setup(
+        "[[masking]]\nname = \"customer-notes\"\nconnections = [\"lab\"]\ncolumns = [\"customers.note\"]\nstrategy = \"redact\"\n",
+    );
+    pg.psql_admin_db(
+        "lab",
+        &format!("SET ROLE {SCRAM_USER}; CREATE TABLE orders (id int, note text); INSERT INTO orders VALUES (1, 'plain order note');"),
+    );
+    let ci = gw.conninfo("alice", "lab");
+    let out = psql(
+        &ci,
+        "SELECT c.note, o.note FROM customers c, orders o WHERE c.id = 2",
+        &[],
+    );
+    assert_eq!(out.expect_success().trim(), "****|plain order note");
+    // Aliases do not hide the table: the rule follows the column's origin.
+    let out = psql(&ci, "SELECT note AS n FROM customers WHERE id = 2", &[]);
+    assert_eq!(out.expect_success().trim(), "****");
+}
+
+#[test]
+fn an_alias_does_not_hide_a_masked_column() {
+    let (_pg, gw) = setup("");
+    let out = psql(
+        &gw.conninfo("alice", "lab"),
+        "SELECT email AS contact, card_number AS c FROM customers WHERE id = 1",
+        &[],
+    );
+    assert_eq!(
+        out.expect_success().trim(),
+        "j****@*****.com|****-****-****-1111"
+    );
+}

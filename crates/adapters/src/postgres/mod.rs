@@ -2,6 +2,7 @@
 //! connection, cancel keys, and response tracking.
 
 pub mod cancel;
+pub mod catalog;
 pub mod masking;
 pub mod session;
 pub mod tracker;
@@ -54,6 +55,8 @@ pub struct PgAdapter {
     pub tls: Arc<ServerConfig>,
     pub settings: PgSettings,
     pub cancels: CancelRegistry,
+    /// Table names for masking rules that name `table.column`.
+    pub catalog: catalog::Catalog,
     pub(crate) meters: Meters,
 }
 
@@ -73,6 +76,7 @@ impl PgAdapter {
             tls,
             settings,
             cancels: CancelRegistry::default(),
+            catalog: catalog::Catalog::default(),
             meters: Meters::new(),
         })
     }

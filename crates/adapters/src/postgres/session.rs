@@ -362,6 +362,7 @@ async fn startup(
         param_types,
         describes: VecDeque::new(),
         mask: session.masker().cloned().map(MaskState::new),
+        target: target.clone(),
         repl: BytesMut::new(),
         bytes: 0,
     };
@@ -845,6 +846,7 @@ struct ServerHalf {
     /// Statements whose ParameterDescription is still to come, with batch.
     describes: VecDeque<(String, u64)>,
     mask: Option<MaskState>,
+    target: Arc<upstream::PgTarget>,
     /// Reused buffer for rewritten messages.
     repl: BytesMut,
     bytes: u64,
@@ -866,6 +868,11 @@ impl ServerHalf {
                     if let Err(e) = self.control(ctl, &mut cw).await {
                         return (format!("client write failed: {e}"), self.bytes);
                     }
+                }
+                if let Err(e) = self.resolve_tables(&buf, max).await {
+                    let msg = format!("airlock: could not resolve result tables for masking: {e}");
+                    let _ = cw.write_all(&fatal("58000", &msg)).await;
+                    break msg;
                 }
                 match self.relay_chunk(&mut buf, max) {
                     Ok(Some(chunk)) => {
@@ -919,6 +926,40 @@ impl ServerHalf {
             }
         }
         Ok(())
+    }
+
+    /// Before relaying, looks up (once per target) the tables of result
+    /// columns in any RowDescription in `buf`, when a masking rule names a
+    /// table. Upstream reading waits meanwhile, which keeps order.
+    async fn resolve_tables(
+        &self,
+        buf: &BytesMut,
+        max: usize,
+    ) -> Result<(), upstream::UpstreamError> {
+        if !self.mask.as_ref().is_some_and(|m| m.needs_tables) {
+            return Ok(());
+        }
+        let mut oids = Vec::new();
+        let mut pos = 0usize;
+        while buf.len() >= pos + 5 {
+            let len = u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]])
+                as usize;
+            if len < 4 || len > max || buf.len() < pos + 1 + len {
+                break;
+            }
+            let frame = &buf[pos..pos + 1 + len];
+            if frame[0] == backend::tag::ROW_DESCRIPTION
+                && let Ok(fields) = masking::parse_row_description(frame)
+            {
+                oids.extend(fields.iter().map(|f| f.table_oid));
+            }
+            pos += 1 + len;
+        }
+        let missing = self.adapter.catalog.missing(&self.target.name, oids);
+        self.adapter
+            .catalog
+            .resolve(&self.target, &missing, max)
+            .await
     }
 
     /// Relays every complete message in `buf`. Returns the bytes to send to
@@ -993,7 +1034,25 @@ impl ServerHalf {
             }
             backend::tag::ROW_DESCRIPTION => {
                 if let Some(m) = self.mask.as_mut() {
-                    let cols = masking::columns_from_row_description(frame).unwrap_or_default();
+                    let mut cols = masking::columns_from_row_description(frame).unwrap_or_default();
+                    if m.needs_tables
+                        && let Ok(fields) = masking::parse_row_description(frame)
+                    {
+                        for (col, field) in cols.iter_mut().zip(fields) {
+                            if let Some(info) = self
+                                .adapter
+                                .catalog
+                                .cached(&self.target.name, field.table_oid)
+                                .flatten()
+                            {
+                                col.table = Some(info.name.to_string());
+                                // Match rules on the column's own name, not an alias.
+                                if let Some(origin) = info.columns.get(&field.attnum) {
+                                    col.name = origin.to_string();
+                                }
+                            }
+                        }
+                    }
                     match m.last_described.take() {
                         // Describe of a statement: remember its columns for
                         // Executes that come without a RowDescription.
@@ -1306,11 +1365,14 @@ struct MaskState {
     scratch: Vec<u8>,
     stats: MaskStats,
     unknown_shape_cells: u64,
+    /// Column rules apply: resolve result columns' origins.
+    needs_tables: bool,
 }
 
 impl MaskState {
     fn new(masker: Arc<ConnectionMasker>) -> Self {
         MaskState {
+            needs_tables: masker.has_column_rules(),
             stats: masker.new_stats(),
             masker,
             plan: None,

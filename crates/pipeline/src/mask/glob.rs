@@ -10,6 +10,13 @@ pub(crate) struct ColumnPattern {
     column: Glob,
 }
 
+impl ColumnPattern {
+    /// Whether the pattern names a table (`customers.email`).
+    pub(crate) fn is_table_qualified(&self) -> bool {
+        self.table.is_some()
+    }
+}
+
 /// A lower-cased glob, kept as chars so `?` matches one character, not one byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Glob {

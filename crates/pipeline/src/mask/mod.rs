@@ -436,6 +436,20 @@ impl ConnectionMasker {
         self.scan_append(value, false, out, stats)
     }
 
+    /// Whether any column rule names a table (`customers.email`).
+    pub fn has_table_rules(&self) -> bool {
+        self.column_rules
+            .iter()
+            .any(|(patterns, _)| patterns.iter().any(ColumnPattern::is_table_qualified))
+    }
+
+    /// Whether any column rule applies here: then the adapter resolves each
+    /// result column's origin (table and column name), so neither an alias
+    /// nor a missing table hides a column from its rule.
+    pub fn has_column_rules(&self) -> bool {
+        !self.column_rules.is_empty()
+    }
+
     /// Whether a column rule names `table.column` for this connection.
     pub fn has_column_rule(&self, table: Option<&str>, column: &str) -> bool {
         !self.column_rules.is_empty()
