@@ -22,10 +22,13 @@ pub struct TableInfo {
     pub columns: HashMap<i16, Arc<str>>,
 }
 
-/// Tables by OID, per target. `None` = looked up, not a table.
+/// One target's tables by OID. `None` = looked up, not a table.
+type Tables = HashMap<u32, Option<Arc<TableInfo>>>;
+
+/// Tables per target.
 #[derive(Default)]
 pub struct Catalog {
-    names: Mutex<HashMap<String, HashMap<u32, Option<Arc<TableInfo>>>>>,
+    names: Mutex<HashMap<String, Tables>>,
 }
 
 impl Catalog {
