@@ -40,6 +40,12 @@ enum Command {
     /// Validate policies and explain verdicts (local, no API needed).
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
+    /// Approval requests: list, show, approve, reject, watch (via the REST API).
+    #[command(subcommand)]
+    Approvals(cli::approvals::ApprovalsCmd),
+    /// Just-in-time access to a connection: request, list, revoke (via the REST API).
+    #[command(subcommand)]
+    Access(cli::access::AccessCmd),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
             Command::Sessions(cmd) => cli::sessions::run(cmd).await,
             Command::Audit(cmd) => cli::audit::run(cmd).await,
             Command::Policy(cmd) => cli::policy::run(cmd).await,
+            Command::Approvals(cmd) => cli::approvals::run(cmd).await,
+            Command::Access(cmd) => cli::access::run(cmd).await,
         }
     });
     match result {

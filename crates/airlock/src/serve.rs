@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use airlock_adapters::postgres::{PgAdapter, PgSettings, PgTarget, UpstreamTlsMode};
 use airlock_adapters::tls;
-use airlock_control::api::{self, ApiState};
+use airlock_control::api::{self, ApiState, ApprovalsApi};
+use airlock_control::approvals::{Broker, BrokerSettings};
 use airlock_control::config::{Config, LogFormat, SyncSetting, UpstreamTls};
+use airlock_control::notify;
 use airlock_control::store::{Store, StoreOptions, SyncMode};
 use airlock_pipeline::Pipeline;
 use airlock_pipeline::classify::ClassifyLimits;
@@ -125,6 +127,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )
     .await
     .with_context(|| format!("opening the store {}", cfg.store_url))?;
+    let broker = Broker::open(&store, BrokerSettings::from_config(&cfg))
+        .await
+        .context("opening the approval broker")?;
+    // Detached: it ends with the broker, and a delivery in flight at
+    // shutdown is simply not retried.
+    notify::spawn(&broker, cfg.notify.clone(), &cfg.public_url);
 
     let (policy_set, policy_path) = load_policy(&cfg)?;
     tracing::info!(version = policy_set.version(), file = ?policy_path, "policy loaded");
@@ -138,9 +146,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         audit: Arc::new(store.clone()),
         masker,
         classify_limits: ClassifyLimits::default(),
-        approvals: None,
+        // With approvals off, review verdicts refuse instead of holding.
+        approvals: cfg.approvals.enabled.then(|| {
+            Arc::new(broker.clone()) as Arc<dyn airlock_pipeline::approvals::ApprovalBroker>
+        }),
         public_url: cfg.public_url.clone(),
-        pending_ttl: std::time::Duration::from_secs(15 * 60),
+        pending_ttl: cfg.approvals.pending_ttl,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -163,11 +174,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         auditor_groups: cfg.file.server.auditor_groups.clone(),
         metrics: Some(metrics),
     };
-    let router = api::router(state);
+    let router = api::router_with_approvals(state, ApprovalsApi::from_config(broker.clone(), &cfg));
     let mut api_shutdown = shutdown_rx.clone();
+    let api_broker = broker.clone();
     tasks.push(tokio::spawn(async move {
         let serve = axum::serve(api_listener, router).with_graceful_shutdown(async move {
             let _ = api_shutdown.wait_for(|v| *v).await;
+            // Ends the approval event streams, which would otherwise keep
+            // the graceful shutdown waiting for their clients.
+            api_broker.close();
         });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "API server failed");

@@ -328,7 +328,10 @@ fn wait_for_log(gw: &Gateway, needle: &str) {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("gateway log never said {needle:?}:\n{}", gw.stderr_contents());
+    panic!(
+        "gateway log never said {needle:?}:\n{}",
+        gw.stderr_contents()
+    );
 }
 
 #[test]
@@ -342,33 +345,59 @@ fn policy_reloads_on_change_and_sighup_and_keeps_the_old_one_when_invalid() {
     let gw = Gateway::start(
         GatewayConfig::new(&pg)
             .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER))
-            .extra_toml(&format!("[policy]\nfile = {}\n[approvals]\nenabled = false", toml_string(path.to_string_lossy()))),
+            .extra_toml(&format!(
+                "[policy]\nfile = {}\n[approvals]\nenabled = false",
+                toml_string(path.to_string_lossy())
+            )),
     );
     let ci = gw.conninfo("alice", "lab");
     assert!(psql(&ci, "SELECT 1", &[]).success());
-    assert!(!psql(&ci, "CREATE TABLE t (id int)", &[]).success(), "no policy permits DDL yet");
+    assert!(
+        !psql(&ci, "CREATE TABLE t (id int)", &[]).success(),
+        "no policy permits DDL yet"
+    );
 
     // The file changes: picked up without a restart.
     std::fs::write(&path, format!("{allow_reads}@id(\"ddl\") permit (principal, action == Airlock::Action::\"sql:ddl\", resource);\n")).unwrap();
     wait_for_log(&gw, "policy reloaded");
-    assert!(psql(&ci, "CREATE TABLE t (id int)", &[]).success(), "the new policy permits DDL");
+    assert!(
+        psql(&ci, "CREATE TABLE t (id int)", &[]).success(),
+        "the new policy permits DDL"
+    );
 
     // An invalid file is rejected with a clear log line; the old policy stays.
-    std::fs::write(&path, "permit (principal, action == Airlock::Action::\"sql:nope\", resource);").unwrap();
+    std::fs::write(
+        &path,
+        "permit (principal, action == Airlock::Action::\"sql:nope\", resource);",
+    )
+    .unwrap();
     wait_for_log(&gw, "policy reload rejected");
-    assert!(psql(&ci, "CREATE TABLE t2 (id int)", &[]).success(), "the previous policy is still in force");
+    assert!(
+        psql(&ci, "CREATE TABLE t2 (id int)", &[]).success(),
+        "the previous policy is still in force"
+    );
 
     // SIGHUP forces a reload too (here: back to reads only).
     std::fs::write(&path, allow_reads).unwrap();
     let before = gw.stderr_contents().matches("policy reloaded").count();
     let pid = gw.pid().expect("gateway pid").to_string();
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     for _ in 0..600 {
         if gw.stderr_contents().matches("policy reloaded").count() > before {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(gw.stderr_contents().matches("policy reloaded").count() > before, "{}", gw.stderr_contents());
+    assert!(
+        gw.stderr_contents().matches("policy reloaded").count() > before,
+        "{}",
+        gw.stderr_contents()
+    );
     assert!(!psql(&ci, "CREATE TABLE t3 (id int)", &[]).success());
 }

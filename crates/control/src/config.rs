@@ -15,6 +15,9 @@ use serde::Deserialize;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+fn default_true() -> bool {
+    true
+}
 fn default_api_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -53,6 +56,12 @@ pub struct FileConfig {
     pub masking_detectors: BTreeMap<String, String>,
     #[serde(default)]
     pub masking_options: MaskingOptionsSection,
+    /// Human-in-the-loop approvals and just-in-time access.
+    #[serde(default)]
+    pub approvals: ApprovalsSection,
+    /// Where approval notifications go (`[[notify]]`, any number).
+    #[serde(default)]
+    pub notify: Vec<NotifySection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +259,8 @@ pub struct Config {
     pub identities: IdentityRegistry,
     pub targets: Vec<Target>,
     pub masking: airlock_pipeline::mask::MaskingConfig,
+    pub approvals: ApprovalsConfig,
+    pub notify: Vec<NotifyTarget>,
 }
 
 impl Config {
@@ -547,6 +558,8 @@ impl Config {
         };
         airlock_pipeline::mask::Masker::new(&masking)
             .map_err(|e| ConfigError(format!("{origin}: masking: {e}")))?;
+        let approvals = approvals_config(&file, &loc)?;
+        let notify = notify_targets(&file, &loc, env)?;
 
         Ok(Config {
             api_listen,
@@ -557,6 +570,8 @@ impl Config {
             identities: IdentityRegistry::new(entries),
             targets,
             masking,
+            approvals,
+            notify,
             path: None,
             file,
         })
@@ -625,6 +640,418 @@ impl Locator<'_> {
             None => ConfigError(format!("{}: {path}: {msg}", self.origin)),
         }
     }
+}
+
+fn default_pending_ttl() -> String {
+    "15m".into()
+}
+fn default_access_min_approvals() -> u32 {
+    1
+}
+fn default_max_access_duration() -> String {
+    "24h".into()
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsSection {
+    /// Hold review verdicts for approval (default). With `false`, a review
+    /// verdict refuses the command at once, as where no reviewer is on duty.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a request waits for reviewers before it expires (auto-deny),
+    /// when the policy gives no `@approval_ttl`. Default `15m`.
+    #[serde(default = "default_pending_ttl")]
+    pub pending_ttl: String,
+    /// Groups allowed to decide just-in-time access requests (any of them).
+    /// Default: `server.admin_groups`.
+    pub access_reviewers: Option<Vec<String>>,
+    /// Distinct approvals an access request needs. Default 1.
+    #[serde(default = "default_access_min_approvals")]
+    pub access_min_approvals: u32,
+    /// Longest access anyone may ask for. Default `24h`.
+    #[serde(default = "default_max_access_duration")]
+    pub max_access_duration: String,
+}
+
+impl Default for ApprovalsSection {
+    fn default() -> Self {
+        ApprovalsSection {
+            enabled: true,
+            pending_ttl: default_pending_ttl(),
+            access_reviewers: None,
+            access_min_approvals: default_access_min_approvals(),
+            max_access_duration: default_max_access_duration(),
+        }
+    }
+}
+
+/// Validated `[approvals]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalsConfig {
+    pub enabled: bool,
+    pub pending_ttl: std::time::Duration,
+    pub access_reviewers: Vec<String>,
+    pub access_min_approvals: u32,
+    pub max_access_duration: std::time::Duration,
+}
+
+/// The kind of a `[[notify]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    Webhook,
+    Slack,
+    Email,
+}
+
+impl NotifyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyKind::Webhook => "webhook",
+            NotifyKind::Slack => "slack",
+            NotifyKind::Email => "email",
+        }
+    }
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+/// One `[[notify]]` entry as written. One flat shape for every `type`, so an
+/// error can name the exact key; keys of another type are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    #[serde(rename = "type")]
+    pub kind: NotifyKind,
+    /// webhook: where to POST the signed JSON.
+    pub url: Option<String>,
+    /// webhook: environment variable holding the HMAC secret.
+    pub secret_env: Option<String>,
+    /// slack: environment variable holding the incoming-webhook URL.
+    pub webhook_url_env: Option<String>,
+    /// slack: environment variable holding the app's signing secret.
+    pub signing_secret_env: Option<String>,
+    /// slack: Slack user id -> Airlock identity, for the Approve/Reject buttons.
+    pub users: Option<BTreeMap<String, String>>,
+    /// email: the SMTP relay.
+    pub smtp_host: Option<String>,
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    pub from: Option<String>,
+    pub to: Option<Vec<String>>,
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+    /// email: upgrade the connection with STARTTLS before anything else.
+    #[serde(default)]
+    pub starttls: bool,
+}
+
+/// A validated notification target with its secrets resolved. `Debug`
+/// never prints a secret (webhook URLs of Slack are secrets too).
+#[derive(Clone)]
+pub enum NotifyTarget {
+    Webhook {
+        url: String,
+        secret: Vec<u8>,
+    },
+    Slack {
+        webhook_url: String,
+        signing_secret: Vec<u8>,
+        /// Slack user id -> Airlock identity name.
+        users: BTreeMap<String, String>,
+    },
+    Email(EmailTarget),
+}
+
+/// A validated `type = "email"` entry.
+#[derive(Clone)]
+pub struct EmailTarget {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub from: String,
+    pub to: Vec<String>,
+    /// `(username, password)` for AUTH PLAIN.
+    pub credentials: Option<(String, String)>,
+    pub starttls: bool,
+}
+
+impl NotifyTarget {
+    pub fn kind(&self) -> NotifyKind {
+        match self {
+            NotifyTarget::Webhook { .. } => NotifyKind::Webhook,
+            NotifyTarget::Slack { .. } => NotifyKind::Slack,
+            NotifyTarget::Email(_) => NotifyKind::Email,
+        }
+    }
+}
+
+impl std::fmt::Debug for NotifyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotifyTarget::Webhook { url, .. } => f
+                .debug_struct("Webhook")
+                .field("url", url)
+                .field("secret", &"<redacted>")
+                .finish(),
+            NotifyTarget::Slack { users, .. } => f
+                .debug_struct("Slack")
+                .field("webhook_url", &"<redacted>")
+                .field("signing_secret", &"<redacted>")
+                .field("users", users)
+                .finish(),
+            NotifyTarget::Email(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::fmt::Debug for EmailTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
+            .field("starttls", &self.starttls)
+            .finish()
+    }
+}
+
+/// Whether notifications can reach `https://` URLs. The HTTP client is built
+/// without TLS for now (see `notify`), so such URLs are refused at start-up
+/// rather than failing on every delivery.
+const NOTIFY_HTTPS_SUPPORTED: bool = false;
+
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 15m or 1h: {e}"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("'{s}' must be at least 1s"));
+    }
+    Ok(d)
+}
+
+fn approvals_config(file: &FileConfig, loc: &Locator<'_>) -> Result<ApprovalsConfig, ConfigError> {
+    let a = &file.approvals;
+    let at = |key: &str, msg: &str| loc.err("approvals", None, key, msg);
+    let pending_ttl = parse_positive_duration(&a.pending_ttl).map_err(|e| at("pending_ttl", &e))?;
+    let max_access_duration = parse_positive_duration(&a.max_access_duration)
+        .map_err(|e| at("max_access_duration", &e))?;
+    if a.access_min_approvals == 0 {
+        return Err(at("access_min_approvals", "must be at least 1"));
+    }
+    let access_reviewers = match &a.access_reviewers {
+        Some(groups) => {
+            if groups.is_empty() || groups.iter().any(|g| g.trim().is_empty()) {
+                return Err(at(
+                    "access_reviewers",
+                    "must name at least one group, and no empty names",
+                ));
+            }
+            groups.clone()
+        }
+        None => file.server.admin_groups.clone(),
+    };
+    Ok(ApprovalsConfig {
+        enabled: a.enabled,
+        pending_ttl,
+        access_reviewers,
+        access_min_approvals: a.access_min_approvals,
+        max_access_duration,
+    })
+}
+
+/// A bare e-mail address: something@something, nothing that could end a
+/// header or an SMTP command.
+fn plausible_address(a: &str) -> bool {
+    let ok_chars = !a
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c));
+    matches!(a.split_once('@'), Some((user, host)) if !user.is_empty() && !host.is_empty())
+        && ok_chars
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks an http(s) URL of a notification target.
+fn check_notify_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        if !NOTIFY_HTTPS_SUPPORTED {
+            return Err(
+                "https:// URLs are not supported by this build's notifier yet; \
+                 use an http:// URL (for example a local relay)"
+                    .into(),
+            );
+        }
+        rest
+    } else {
+        return Err("must be an http:// URL".into());
+    };
+    if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
+        return Err("must be an http:// URL with a host".into());
+    }
+    Ok(())
+}
+
+fn notify_targets(
+    file: &FileConfig,
+    loc: &Locator<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<NotifyTarget>, ConfigError> {
+    let known: HashSet<&str> = file.identities.iter().map(|i| i.name.as_str()).collect();
+    let mut out = Vec::new();
+    for (i, n) in file.notify.iter().enumerate() {
+        let at = |key: &str, msg: &str| loc.err("notify", Some(i), key, msg);
+        let kind = n.kind.as_str();
+        // Keys that belong to another type are mistakes worth naming.
+        let used: &[(&str, bool)] = &[
+            ("url", n.url.is_some()),
+            ("secret_env", n.secret_env.is_some()),
+            ("webhook_url_env", n.webhook_url_env.is_some()),
+            ("signing_secret_env", n.signing_secret_env.is_some()),
+            ("users", n.users.is_some()),
+            ("smtp_host", n.smtp_host.is_some()),
+            ("smtp_port", n.smtp_port != default_smtp_port()),
+            ("from", n.from.is_some()),
+            ("to", n.to.is_some()),
+            ("username_env", n.username_env.is_some()),
+            ("password_env", n.password_env.is_some()),
+            ("starttls", n.starttls),
+        ];
+        let allowed: &[&str] = match n.kind {
+            NotifyKind::Webhook => &["url", "secret_env"],
+            NotifyKind::Slack => &["webhook_url_env", "signing_secret_env", "users"],
+            NotifyKind::Email => &[
+                "smtp_host",
+                "smtp_port",
+                "from",
+                "to",
+                "username_env",
+                "password_env",
+                "starttls",
+            ],
+        };
+        if let Some((key, _)) = used
+            .iter()
+            .find(|(key, set)| *set && !allowed.contains(key))
+        {
+            return Err(at(key, &format!("is not used by type = \"{kind}\"")));
+        }
+        let secret = |key: &str, var: &Option<String>| -> Result<String, ConfigError> {
+            let var = var
+                .as_deref()
+                .ok_or_else(|| at(key, &format!("is required for type = \"{kind}\"")))?;
+            match env(var) {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => Err(at(key, &format!("environment variable {var} is not set"))),
+            }
+        };
+        let target = match n.kind {
+            NotifyKind::Webhook => {
+                let url = n
+                    .url
+                    .clone()
+                    .ok_or_else(|| at("url", "is required for type = \"webhook\""))?;
+                check_notify_url(&url).map_err(|e| at("url", &e))?;
+                let secret = secret("secret_env", &n.secret_env)?.into_bytes();
+                NotifyTarget::Webhook { url, secret }
+            }
+            NotifyKind::Slack => {
+                let webhook_url = secret("webhook_url_env", &n.webhook_url_env)?;
+                // The URL itself is secret: the error names only the variable.
+                check_notify_url(&webhook_url).map_err(|e| {
+                    at(
+                        "webhook_url_env",
+                        &format!(
+                            "the URL in {}: {e}",
+                            n.webhook_url_env.as_deref().unwrap_or_default()
+                        ),
+                    )
+                })?;
+                let signing_secret =
+                    secret("signing_secret_env", &n.signing_secret_env)?.into_bytes();
+                let users = n.users.clone().unwrap_or_default();
+                if let Some((slack, name)) = users
+                    .iter()
+                    .find(|(_, name)| !known.contains(name.as_str()))
+                {
+                    return Err(at(
+                        "users",
+                        &format!("Slack user {slack} maps to unknown identity '{name}'"),
+                    ));
+                }
+                NotifyTarget::Slack {
+                    webhook_url,
+                    signing_secret,
+                    users,
+                }
+            }
+            NotifyKind::Email => {
+                let smtp_host = n
+                    .smtp_host
+                    .clone()
+                    .filter(|h| !h.trim().is_empty())
+                    .ok_or_else(|| at("smtp_host", "is required for type = \"email\""))?;
+                let from = n
+                    .from
+                    .clone()
+                    .ok_or_else(|| at("from", "is required for type = \"email\""))?;
+                if !plausible_address(&from) {
+                    return Err(at("from", &format!("'{from}' is not an e-mail address")));
+                }
+                let to = n.to.clone().unwrap_or_default();
+                if to.is_empty() {
+                    return Err(at("to", "must list at least one recipient"));
+                }
+                if let Some(bad) = to.iter().find(|a| !plausible_address(a)) {
+                    return Err(at("to", &format!("'{bad}' is not an e-mail address")));
+                }
+                let credentials = match (&n.username_env, &n.password_env) {
+                    (None, None) => None,
+                    (Some(_), Some(_)) => Some((
+                        secret("username_env", &n.username_env)?,
+                        secret("password_env", &n.password_env)?,
+                    )),
+                    (Some(_), None) => {
+                        return Err(at("password_env", "is required with username_env"));
+                    }
+                    (None, Some(_)) => {
+                        return Err(at("username_env", "is required with password_env"));
+                    }
+                };
+                if credentials.is_some() && !n.starttls && !is_loopback_host(&smtp_host) {
+                    return Err(at(
+                        "starttls",
+                        "must be true when a password is sent to a non-loopback SMTP host",
+                    ));
+                }
+                NotifyTarget::Email(EmailTarget {
+                    smtp_host,
+                    smtp_port: n.smtp_port,
+                    from,
+                    to,
+                    credentials,
+                    starttls: n.starttls,
+                })
+            }
+        };
+        out.push(target);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -741,5 +1168,149 @@ tags = ["production", "pii"]
             .unwrap_err()
             .0;
         assert!(err.contains("identities[1].name"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod approvals_config_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[identities]]
+name = "alice"
+kind = "human"
+groups = ["dba"]
+token_env = "ALICE_TOKEN"
+"#;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "ALICE_TOKEN" => Some("alice-token".into()),
+            "HOOK_SECRET" => Some("s3cret-hook".into()),
+            "SLACK_URL" => Some("http://127.0.0.1:9/slack".into()),
+            "SLACK_SIGNING_SECRET" => Some("s3cret-slack".into()),
+            "SMTP_USER" => Some("mailer".into()),
+            "SMTP_PASSWORD" => Some("s3cret-smtp".into()),
+            _ => None,
+        }
+    }
+
+    fn load(extra: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{BASE}{extra}"), "airlock.toml", &env).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn defaults_apply_without_sections() {
+        let cfg = load("").unwrap();
+        assert_eq!(
+            cfg.approvals.pending_ttl,
+            std::time::Duration::from_secs(900)
+        );
+        assert_eq!(cfg.approvals.access_reviewers, ["admins"]);
+        assert_eq!(cfg.approvals.access_min_approvals, 1);
+        assert!(cfg.notify.is_empty());
+    }
+
+    #[test]
+    fn approvals_section_is_validated_with_key_and_line() {
+        let cfg = load(
+            "\n[approvals]\npending_ttl = \"5m\"\naccess_reviewers = [\"dba\"]\naccess_min_approvals = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.approvals.pending_ttl,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(cfg.approvals.access_reviewers, ["dba"]);
+        assert_eq!(cfg.approvals.access_min_approvals, 2);
+
+        let err = load("\n[approvals]\npending_ttl = \"soon\"\n").unwrap_err();
+        assert!(
+            err.starts_with("airlock.toml:9: approvals.pending_ttl:"),
+            "{err}"
+        );
+        let err = load("\n[approvals]\naccess_min_approvals = 0\n").unwrap_err();
+        assert!(err.contains("approvals.access_min_approvals"), "{err}");
+        let err = load("\n[approvals]\nttl = \"5m\"\n").unwrap_err();
+        assert!(err.contains("ttl") && err.contains(":9:"), "{err}");
+    }
+
+    #[test]
+    fn notify_targets_resolve_their_secrets() {
+        let cfg = load(
+            r#"
+[[notify]]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret_env = "HOOK_SECRET"
+
+[[notify]]
+type = "slack"
+webhook_url_env = "SLACK_URL"
+signing_secret_env = "SLACK_SIGNING_SECRET"
+users = { "U123" = "alice" }
+
+[[notify]]
+type = "email"
+smtp_host = "127.0.0.1"
+from = "airlock@example.com"
+to = ["dba@example.com"]
+username_env = "SMTP_USER"
+password_env = "SMTP_PASSWORD"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.notify.len(), 3);
+        let NotifyTarget::Webhook { secret, .. } = &cfg.notify[0] else {
+            panic!("webhook first");
+        };
+        assert_eq!(secret, b"s3cret-hook");
+        let NotifyTarget::Email(email) = &cfg.notify[2] else {
+            panic!("email last");
+        };
+        assert_eq!(email.smtp_port, 25);
+        assert_eq!(
+            email.credentials,
+            Some(("mailer".into(), "s3cret-smtp".into()))
+        );
+        let shown = format!("{:?}", cfg.notify);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("/slack"),
+            "the Slack URL is a secret: {shown}"
+        );
+    }
+
+    #[test]
+    fn notify_mistakes_name_key_and_line() {
+        let check = |extra: &str, expected: &str| {
+            let err = load(extra).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        };
+        check(
+            "\n[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example\"\nsecret_env = \"HOOK_SECRET\"\n",
+            "airlock.toml:10: notify[0].url: https:// URLs are not supported",
+        );
+        check(
+            "\n[[notify]]\ntype = \"webhook\"\nurl = \"http://h/x\"\nsecret_env = \"NOPE\"\n",
+            "airlock.toml:11: notify[0].secret_env: environment variable NOPE is not set",
+        );
+        check(
+            "\n[[notify]]\ntype = \"email\"\nurl = \"http://h/x\"\n",
+            "notify[0].url: is not used by type = \"email\"",
+        );
+        check(
+            "\n[[notify]]\ntype = \"slack\"\nwebhook_url_env = \"SLACK_URL\"\nsigning_secret_env = \"SLACK_SIGNING_SECRET\"\nusers = { \"U1\" = \"mallory\" }\n",
+            "notify[0].users: Slack user U1 maps to unknown identity 'mallory'",
+        );
+        check(
+            "\n[[notify]]\ntype = \"email\"\nsmtp_host = \"mail.example.com\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nusername_env = \"SMTP_USER\"\npassword_env = \"SMTP_PASSWORD\"\n",
+            "notify[0].starttls: must be true",
+        );
+        check(
+            "\n[[notify]]\ntype = \"email\"\nsmtp_host = \"h\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\\r\\nBcc: x@y\"]\n",
+            "notify[0].to:",
+        );
+        check("\n[[notify]]\ntype = \"pager\"\n", "pager");
     }
 }

@@ -478,7 +478,8 @@ impl Session {
             None => (input.text.to_string(), input.params.clone()),
         };
         ApprovalRequest {
-            id: Uuid::now_v7(),
+            // Random, so the short prefixes people type are distinct.
+            id: Uuid::new_v4(),
             requester: self.info.identity.name.clone(),
             requester_kind: self.info.identity.kind,
             connection: self.info.connection.name.clone(),

@@ -166,6 +166,11 @@ async fn startup(
                     StartupMessage::Startup { params, .. } => {
                         break (Box::new(tls_stream), true, params);
                     }
+                    // libpq 17+ sends its CancelRequest over TLS too.
+                    StartupMessage::CancelRequest { pid, secret } => {
+                        adapter.cancels.cancel(pid, secret).await;
+                        return Ok(());
+                    }
                     _ => {
                         return Err(send_fatal(
                             &mut tls_stream,
@@ -715,6 +720,10 @@ impl ClientHalf {
             return Ok(admission);
         };
         let gone = |e: String| ClientFault("08006", e);
+        // Register for a CancelRequest before the client can know the
+        // command is held, so a cancel sent right after the notice counts.
+        let cancel = self.on_cancel.notified();
+        tokio::pin!(cancel);
         io.uw
             .write_all(out)
             .await
@@ -751,7 +760,7 @@ impl ClientHalf {
                         other => other,
                     });
                 }
-                _ = self.on_cancel.notified(), if !cancelled => {
+                _ = &mut cancel, if !cancelled => {
                     cancelled = true;
                     self.session.withdraw(&hold).await;
                 }

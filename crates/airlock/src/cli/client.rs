@@ -110,6 +110,67 @@ impl ApiClient {
             .with_context(|| format!("unexpected response from the Airlock API at {}", self.base))
     }
 
+    /// POSTs a JSON body and returns the response's JSON exactly as sent.
+    pub async fn post_value(
+        &self,
+        segments: &[&str],
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.post(segments, body).await
+    }
+
+    /// POSTs a JSON body and decodes the JSON answer.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            anyhow!("AIRLOCK_TOKEN is not set; the Airlock API needs a bearer token")
+        })?;
+        let url = self.url(segments)?;
+        let resp = self
+            .http
+            .post(url)
+            .json(body)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if !status.is_success() {
+            return Err(self.status_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("unexpected response from the Airlock API at {}", self.base))
+    }
+
+    /// Opens a streaming GET (Server-Sent Events) and returns the response
+    /// once its headers arrived; read it with `chunk()`. The client's
+    /// overall timeout does not apply: a stream may stay open for days.
+    pub async fn stream(&self, segments: &[&str]) -> anyhow::Result<reqwest::Response> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            anyhow!("AIRLOCK_TOKEN is not set; the Airlock API needs a bearer token")
+        })?;
+        let url = self.url(segments)?;
+        let resp = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(Duration::from_secs(100 * 365 * 24 * 3600))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(self.status_error(status, &body));
+        }
+        Ok(resp)
+    }
+
     fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
         // reqwest's own message repeats the URL; the root cause says why.
         let mut cause: &dyn std::error::Error = e;

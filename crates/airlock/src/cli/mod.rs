@@ -1,6 +1,8 @@
 //! The operator CLI: subcommands that talk to the REST API (`client`), print
 //! tables for people and JSON for scripts (`table`).
 
+pub mod access;
+pub mod approvals;
 pub mod audit;
 pub mod client;
 pub mod policy;

@@ -5,6 +5,7 @@
 //! reads only its own sessions, and someone else's session answers 404 so that
 //! ids cannot be probed. Errors are JSON `{ "error": "..." }`.
 
+mod approvals;
 mod auth;
 mod error;
 
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use crate::store::{SessionDetail, SessionFilter, SessionSummary, Store, VerifyReport};
 
+pub use approvals::ApprovalsApi;
 pub use auth::{Caller, Role};
 pub use error::ApiError;
 
@@ -49,8 +51,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", get(get_session))
         .route("/api/audit/verify", get(verify))
+        .merge(approvals::routes())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
+}
+
+/// [`router`] with the approval, access and Slack routes served by
+/// `approvals` (without it they answer 404).
+pub fn router_with_approvals(state: ApiState, approvals: ApprovalsApi) -> Router {
+    router(state).layer(axum::Extension(approvals))
 }
 
 /// Liveness for load balancers. Reports 503 once the audit writer has

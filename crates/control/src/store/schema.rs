@@ -9,10 +9,10 @@ use sqlx::SqliteConnection;
 use super::StoreError;
 
 /// `(version, statements)`; append new versions, never edit applied ones.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
 
 /// The newest schema this binary understands.
-pub const CURRENT_VERSION: i64 = 1;
+pub const CURRENT_VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE events (
@@ -56,6 +56,62 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_started ON sessions (started_us DESC);
 CREATE INDEX sessions_identity ON sessions (identity, started_us DESC);
 CREATE INDEX sessions_connection ON sessions (connection, started_us DESC);
+"#;
+
+/// Approvals (held commands and just-in-time access requests), the reviewers'
+/// decisions, and every notification delivery attempt. State changes are
+/// single guarded UPDATEs (`WHERE status = 'pending'`), so the table itself
+/// is the arbiter when reviewers, timers and sessions race.
+const V2: &str = r#"
+CREATE TABLE approvals (
+    id             TEXT PRIMARY KEY,
+    kind           TEXT    NOT NULL,
+    status         TEXT    NOT NULL,
+    requester      TEXT    NOT NULL,
+    connection     TEXT    NOT NULL,
+    session_id     TEXT,
+    -- Required reviewer groups as ',a,b,' so instr() can match one exactly.
+    reviewers      TEXT    NOT NULL,
+    min_approvals  INTEGER NOT NULL,
+    subject        TEXT    NOT NULL,
+    request        TEXT    NOT NULL,
+    created_us     INTEGER NOT NULL,
+    expires_us     INTEGER NOT NULL,
+    decided_us     INTEGER,
+    claimed        INTEGER NOT NULL DEFAULT 0,
+    claimed_us     INTEGER,
+    grant_until_us INTEGER,
+    revoked_us     INTEGER,
+    revoked_by     TEXT
+);
+
+CREATE INDEX approvals_created ON approvals (created_us DESC);
+CREATE INDEX approvals_status ON approvals (status, created_us DESC);
+CREATE INDEX approvals_requester ON approvals (requester, created_us DESC);
+
+CREATE TABLE approval_decisions (
+    approval_id TEXT    NOT NULL REFERENCES approvals (id),
+    reviewer    TEXT    NOT NULL,
+    decision    TEXT    NOT NULL,
+    comment     TEXT,
+    at_us       INTEGER NOT NULL,
+    PRIMARY KEY (approval_id, reviewer)
+);
+
+CREATE TABLE notify_deliveries (
+    id          INTEGER PRIMARY KEY,
+    delivery_id TEXT    NOT NULL,
+    approval_id TEXT    NOT NULL,
+    event       TEXT    NOT NULL,
+    target      TEXT    NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at_us       INTEGER NOT NULL,
+    ok          INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT
+);
+
+CREATE INDEX notify_deliveries_approval ON notify_deliveries (approval_id, at_us);
 "#;
 
 /// Brings the schema up to [`CURRENT_VERSION`].

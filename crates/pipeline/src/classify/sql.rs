@@ -57,6 +57,7 @@ pub(super) fn classify_text(
         dialect,
         sql_dialect,
         limits,
+        hinted: dialect == SqlDialect::MySql && text.contains("/*!"),
     };
     let tokens = match Tokenizer::new(sql_dialect, text).tokenize_with_location() {
         Ok(tokens) => tokens,
@@ -79,8 +80,16 @@ pub(super) fn classify_text(
     }
     if let Some(failed_at) = classify_whole(&ctx, &mut source, tokens, &mut out) {
         // Re-tokenize from the failed statement on: the tokens went into the
-        // parser, and the rest of the text is all that is needed.
-        let rest = source.text.get(failed_at..).unwrap_or("");
+        // parser, and the rest of the text is all that is needed. With MySQL
+        // executable comments the offset cannot be trusted (an offset inside
+        // a string would re-read its content as code, or code as a string),
+        // so the whole command is cut into pieces instead.
+        let rest = if ctx.hinted {
+            out.clear();
+            text
+        } else {
+            source.text.get(failed_at..).unwrap_or("")
+        };
         let mut rest_source = Source::new(rest);
         match Tokenizer::new(sql_dialect, rest).tokenize_with_location() {
             Ok(tokens) => classify_pieces(&ctx, &mut rest_source, tokens, &mut out),
@@ -94,9 +103,22 @@ struct Ctx<'a> {
     dialect: SqlDialect,
     sql_dialect: &'a dyn Dialect,
     limits: &'a ClassifyLimits,
+    /// MySQL executable comments (`/*! ... */`) are present. Their tokens
+    /// carry the comment's position rather than their own, so slices of the
+    /// original would be wrong; statement text is rendered from the AST.
+    hinted: bool,
 }
 
 impl Ctx<'_> {
+    fn classify(&self, stmt: &Statement, sliced: String) -> SqlStatement {
+        let text = if self.hinted {
+            stmt.to_string()
+        } else {
+            sliced
+        };
+        classify_statement(stmt, self.dialect, text)
+    }
+
     fn parser(&self, tokens: Vec<TokenWithSpan>) -> Parser<'_> {
         Parser::new(self.sql_dialect)
             .with_recursion_limit(self.limits.max_depth)
@@ -135,7 +157,7 @@ fn classify_whole(
                     .map(|loc| source.offset(loc))
                     .unwrap_or(start);
                 let text = source.slice(start, end);
-                out.push(classify_statement(&stmt, ctx.dialect, text));
+                out.push(ctx.classify(&stmt, text));
             }
             _ => return Some(start),
         }
@@ -189,7 +211,7 @@ fn classify_piece(
     match parser.parse_statements() {
         Ok(stmts) if stmts.len() == 1 => {
             if let Some(stmt) = stmts.first() {
-                out.push(classify_statement(stmt, ctx.dialect, text));
+                out.push(ctx.classify(stmt, text));
             }
         }
         Ok(stmts) if stmts.is_empty() => {}
@@ -498,7 +520,7 @@ fn statement_facts(stmt: &Statement, dialect: SqlDialect) -> SqlStatement {
             }
             let mut tables = inner.tables_read;
             tables.extend(inner.tables_written);
-            tables.dedup();
+            super::walk::dedup(&mut tables);
             return SqlStatement {
                 kind: "explain".into(),
                 class: if inner.class == ActionClass::Unknown {

@@ -66,6 +66,9 @@ fn reads() {
     );
     check("SELECT 1", &["select read"]);
     check("VALUES (1), (2)", &["select read"]);
+    // sqlparser reads `ONLY t` as table `only` aliased `t`.
+    check("SELECT * FROM ONLY payments", &["select read r=payments"]);
+    check("SELECT * FROM \"only\" o", &["select read r=only"]);
     // sqlparser's PostgreSQL dialect does not parse `TABLE t`: fail closed.
     check("TABLE payments", &["unknown unknown"]);
     check(
@@ -144,6 +147,14 @@ fn writes() {
         &["update write r=sums w=orders where"],
     );
     check("DELETE FROM sessions", &["delete write w=sessions nowhere"]);
+    check(
+        "DELETE FROM ONLY sessions",
+        &["delete write w=sessions nowhere"],
+    );
+    check(
+        "UPDATE ONLY t SET a = 1 WHERE b = 2",
+        &["update write w=t where"],
+    );
     check(
         "DELETE FROM sessions WHERE expires < now()",
         &["delete write w=sessions where f=now"],
@@ -460,10 +471,22 @@ fn mysql_dialect() {
         "UPDATE a JOIN b ON a.id = b.id SET a.x = b.y",
         &["update write w=a,b nowhere"],
     );
-    // MySQL runs the contents of /*! ... */ comments.
+    // MySQL runs the contents of /*! ... */ comments; their statements'
+    // text is rendered from the parse tree (the tokens' positions are the
+    // comment's).
     check_mysql(
         "SELECT 1 /*! ; DROP TABLE x */",
         &["select read", "drop_table ddl w=x"],
+    );
+    let texts: Vec<String> =
+        classify_with(SqlDialect::MySql, "SELECT 1 /*!50000 ; DROP TABLE x */")
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+    assert_eq!(texts, ["SELECT 1", "DROP TABLE x"]);
+    check_mysql(
+        "SELECT '/*!' /*! ; FROBNICATE */; DROP TABLE x",
+        &["select read", "unknown unknown", "drop_table ddl w=x"],
     );
     check_mysql("SELECT 'a\\'; DROP TABLE x; --'", &["select read"]);
     check_mysql("SELECT sleep(1)", &["select read f=sleep"]);
@@ -520,54 +543,4 @@ fn chains_under_the_limit_fit_a_small_stack() {
             .expect("no panic");
         assert_eq!(got, [expected]);
     }
-}
-
-#[test]
-#[ignore]
-fn tmp_profile_classify() {
-    use sqlparser::dialect::PostgreSqlDialect;
-    use sqlparser::parser::Parser;
-    use sqlparser::tokenizer::Tokenizer;
-    use std::time::Instant;
-    let sql = "SELECT o.id, c.email, sum(i.price) FROM orders o JOIN customers c ON c.id = o.customer_id JOIN order_items i ON i.order_id = o.id WHERE o.created_at > now() - interval '7 days' GROUP BY o.id, c.email ORDER BY 3 DESC LIMIT 20";
-    let n = 3000;
-    let d = PostgreSqlDialect {};
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(Tokenizer::new(&d, sql).tokenize_with_location().unwrap());
-    }
-    eprintln!("tokenize {:?}", t.elapsed() / n);
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(Parser::parse_sql(&d, sql).unwrap());
-    }
-    eprintln!("parse_sql {:?}", t.elapsed() / n);
-    let c = SqlClassifier::new(
-        SqlDialect::Postgres,
-        ClassifyLimits {
-            cache_entries: 0,
-            ..Default::default()
-        },
-    );
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(c.classify(sql));
-    }
-    eprintln!("classify {:?}", t.elapsed() / n);
-    let stmts = Parser::parse_sql(&d, sql).unwrap();
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(sql::classify_statement(
-            &stmts[0],
-            SqlDialect::Postgres,
-            String::new(),
-        ));
-    }
-    eprintln!("walk {:?}", t.elapsed() / n);
-    let toks = Tokenizer::new(&d, sql).tokenize_with_location().unwrap();
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(sql::nesting_estimate(&toks));
-    }
-    eprintln!("estimate {:?}", t.elapsed() / n);
 }

@@ -15,12 +15,13 @@
 //!   queries inherit. Getting this wrong would let a CTE hide a table from
 //!   policy, so the rule errs towards reporting a table.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::ptr;
 
 use sqlparser::ast::{
-    Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor,
-    TableObject, Visitor,
+    Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableAlias,
+    TableFactor, TableObject, Visitor,
 };
 
 use super::SqlDialect;
@@ -82,8 +83,14 @@ impl Walker {
     }
 
     fn write_factor(&mut self, factor: &TableFactor) {
-        if let TableFactor::Table { name, .. } = factor {
-            self.write_target(name);
+        if let TableFactor::Table { name, alias, .. } = factor {
+            match only_target(name, alias.as_ref()) {
+                Some(table) => {
+                    self.handled.push(name as *const ObjectName);
+                    self.facts.writes.push(table);
+                }
+                None => self.write_target(name),
+            }
         }
     }
 
@@ -206,6 +213,17 @@ impl Visitor for Walker {
 
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } if !self.handled.iter().any(|h| ptr::eq(*h, name)) => {
+                if let Some(table) = only_target(name, alias.as_ref()) {
+                    self.handled.push(name as *const ObjectName);
+                    self.facts.reads.push(table);
+                }
+            }
             // `FROM generate_series(1, 3)`: a function call in table position.
             TableFactor::Table {
                 name,
@@ -285,6 +303,20 @@ impl Visitor for Walker {
     }
 }
 
+/// sqlparser reads PostgreSQL's `FROM ONLY t` as table `only` with alias
+/// `t`. ONLY is reserved, so an unquoted one-part `only` with an alias is
+/// always that keyword, and the table is the alias.
+fn only_target(name: &ObjectName, alias: Option<&TableAlias>) -> Option<String> {
+    match (name.0.as_slice(), alias) {
+        ([ObjectNamePart::Identifier(id)], Some(alias))
+            if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("only") =>
+        {
+            Some(ident(&alias.name))
+        }
+        _ => None,
+    }
+}
+
 /// An identifier as policy sees it: folded to lower case unless quoted.
 pub(super) fn ident(id: &Ident) -> String {
     fold_case(&id.value, id.quote_style.is_some())
@@ -323,14 +355,8 @@ pub(super) fn function_name(name: &ObjectName) -> String {
     }
 }
 
-fn dedup(v: &mut Vec<String>) {
-    let mut seen: Vec<String> = Vec::with_capacity(v.len());
-    v.retain(|s| {
-        if s.is_empty() || seen.contains(s) {
-            false
-        } else {
-            seen.push(s.clone());
-            true
-        }
-    });
+/// Removes empty and repeated names, keeping first occurrences in order.
+pub(super) fn dedup(v: &mut Vec<String>) {
+    let mut seen: HashSet<String> = HashSet::with_capacity(v.len());
+    v.retain(|s| !s.is_empty() && seen.insert(s.clone()));
 }

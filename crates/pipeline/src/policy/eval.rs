@@ -304,7 +304,9 @@ pub(super) fn session_facts(grant: bool) -> Facts {
     vec![("grant".into(), RestrictedExpression::new_bool(grant))]
 }
 
-/// `SqlContext` facts of one statement.
+/// `SqlContext` facts of one statement. Each set attribute costs about half
+/// a microsecond per Cedar context built, which is why tables read alone are
+/// not a separate attribute (`tables` minus `tables_written` comes close).
 pub(super) fn sql_facts(stmt: &SqlStatement, ctx: &PolicyContext, with_params: bool) -> Facts {
     let mut tables: Vec<&String> = stmt.tables_read.iter().collect();
     for t in &stmt.tables_written {
@@ -330,7 +332,6 @@ pub(super) fn sql_facts(stmt: &SqlStatement, ctx: &PolicyContext, with_params: b
             RestrictedExpression::new_string(stmt.class.as_str().to_string()),
         ),
         ("tables".into(), string_set(tables.into_iter())),
-        ("tables_read".into(), string_set(stmt.tables_read.iter())),
         (
             "tables_written".into(),
             string_set(stmt.tables_written.iter()),

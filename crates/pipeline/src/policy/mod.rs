@@ -11,6 +11,9 @@
 //! - `PolicySet::decide_unmask(&Identity, &ConnectionInfo) -> bool`
 //! - `load_file(path) -> Result<PolicySet, PolicyError>`,
 //!   `watch_file(Arc<PolicyEngine>, PathBuf)` (SIGHUP and content polling)
+//! - `PolicySet::explain(..same as decide_sql..) -> Explanation` (Serialize + Display)
+//! - `PolicySet::decide_action(&Identity, &ConnectionInfo, action, grant) -> Decision`
+//!   for non-SQL actions (context: `approved`, `grant` only, for now)
 //!
 //! The verdict rule (design.md, "Policy"): evaluate with `approved = false`;
 //! allowed → allow. Otherwise evaluate with `approved = true`; allowed →
@@ -20,6 +23,12 @@
 //! values are checked when the set is loaded, so a bad one rejects the set.
 //! Policy ids are the `@id("...")` annotation when present, else Cedar's
 //! `policyN` by position in the text.
+//!
+//! Speed: a verdict is a pure function of its inputs, so each set caches
+//! per-statement verdicts keyed by the identity's and connection's facts,
+//! the statement's facts and the grant (the text and parameters only when a
+//! policy mentions them), and Cedar entity stores per identity/connection.
+//! Each action evaluates only the policies whose scope admits it.
 
 mod error;
 mod eval;
@@ -57,8 +66,9 @@ pub const DEFAULT_PACK_SOURCE: &str = include_str!("../../../../policies/default
 /// Where the default pack lives in the repository.
 pub const DEFAULT_PACK_ORIGIN: &str = "policies/default.cedar";
 
-/// Verdicts kept per policy set. Keys hold the statement text, so texts
-/// longer than [`MAX_CACHED_TEXT`] are judged every time instead.
+/// Verdicts kept per policy set. When keys hold the statement text (a
+/// policy reads `context.text`), texts longer than [`MAX_CACHED_TEXT`] are
+/// judged every time instead.
 const VERDICT_CACHE_ENTRIES: usize = 8192;
 const MAX_CACHED_TEXT: usize = 8 * 1024;
 /// Entity stores kept per policy set, one per (identity, connection) facts.
@@ -81,6 +91,10 @@ pub struct PolicySet {
     /// Whether any policy mentions `params`; if none does, parameters stay
     /// out of the context and out of cache keys.
     uses_params: bool,
+    /// Whether any policy mentions `text`; if none does, the statement text
+    /// stays out of cache keys, so statements that differ only in literals
+    /// (`... WHERE aid = 1`, `... WHERE aid = 2`) share one cached verdict.
+    uses_text: bool,
     verdicts: BoundedCache<Arc<Judgement>>,
     subjects: BoundedCache<Arc<Subject>>,
 }
@@ -135,7 +149,7 @@ impl PolicySet {
                 Some(id) if id.trim().is_empty() => {
                     problems.push(PolicyDiagnostic::at_text(
                         src,
-                        "@id(\"",
+                        &format!("@id(\"{id}\")"),
                         "@id must not be empty".into(),
                     ));
                     continue;
@@ -175,6 +189,22 @@ impl PolicySet {
         }
 
         let by_action = split_by_action(&policies).map_err(|e| PolicyError::message(origin, e))?;
+        // Which context attributes the policies can see decides what the
+        // verdict cache must key on. Matching the policies' own text errs
+        // towards "mentioned" (an annotation saying "text" counts too).
+        let bodies: Vec<String> = policies.policies().map(|p| p.to_string()).collect();
+        let mentions = |word: &str| {
+            // Whole words: `context` must not count as `text`.
+            bodies.iter().any(|b| {
+                b.match_indices(word).any(|(i, _)| {
+                    let before = b[..i].chars().next_back();
+                    let after = b[i + word.len()..].chars().next();
+                    let ident =
+                        |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+                    !ident(before) && !ident(after)
+                })
+            })
+        };
         Ok(PolicySet {
             version: version_of(src),
             origin: origin.to_string(),
@@ -183,7 +213,8 @@ impl PolicySet {
                 meta,
                 authorizer: cedar_policy::Authorizer::new(),
             },
-            uses_params: src.contains("params"),
+            uses_params: mentions("params"),
+            uses_text: mentions("text"),
             verdicts: BoundedCache::new(VERDICT_CACHE_ENTRIES),
             subjects: BoundedCache::new(SUBJECT_CACHE_ENTRIES),
         })
@@ -201,6 +232,7 @@ impl PolicySet {
             origin: origin.to_string(),
             eval,
             uses_params: false,
+            uses_text: false,
             verdicts: BoundedCache::new(0),
             subjects: BoundedCache::new(0),
         }
@@ -339,7 +371,8 @@ impl PolicySet {
         ctx: &PolicyContext,
         subject: &mut Option<Result<Arc<Subject>, String>>,
     ) -> Arc<Judgement> {
-        let key = (stmt.text.len() <= MAX_CACHED_TEXT && self.verdicts.is_enabled())
+        let cacheable = !self.uses_text || stmt.text.len() <= MAX_CACHED_TEXT;
+        let key = (cacheable && self.verdicts.is_enabled())
             .then(|| self.cache_key(identity, conn, stmt, ctx));
         if let Some(hit) = key.as_deref().and_then(|k| self.verdicts.get(k)) {
             return hit;
@@ -383,7 +416,7 @@ impl PolicySet {
         stmt: &SqlStatement,
         ctx: &PolicyContext,
     ) -> String {
-        let mut key = String::with_capacity(128 + stmt.text.len());
+        let mut key = String::with_capacity(160);
         subject_key(&mut key, identity, conn);
         key.push(if ctx.grant { 'G' } else { 'g' });
         field(&mut key, &stmt.kind);
@@ -396,7 +429,9 @@ impl PolicySet {
             Some(false) => 'x',
         });
         list(&mut key, &stmt.functions);
-        field(&mut key, &stmt.text);
+        if self.uses_text {
+            field(&mut key, &stmt.text);
+        }
         if self.uses_params {
             let _ = write!(key, "{}[", ctx.params.len());
             for p in &ctx.params {

@@ -404,6 +404,40 @@ fn verdicts_are_cached_per_inputs() {
     assert_eq!(set.verdicts.len(), 6);
 }
 
+#[test]
+fn literals_share_a_verdict_unless_policies_read_text() {
+    let set = PolicySet::default_pack();
+    for aid in 1..50 {
+        let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
+        assert_eq!(
+            decide(&set, "agent", P, false, &sql).verdict,
+            Verdict::Allow
+        );
+    }
+    assert_eq!(set.verdicts.len(), 1);
+
+    let src = r#"
+        permit (principal, action, resource);
+        @id("no-42") forbid (principal, action == Airlock::Action::"sql:read", resource)
+        when { context.text like "*= 42*" };
+    "#;
+    let set = PolicySet::from_source(src, "text.cedar").unwrap_or_else(|e| panic!("{e}"));
+    let sql = |aid: u32| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}");
+    assert_eq!(
+        decide(&set, "human", "", false, &sql(41)).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide(&set, "human", "", false, &sql(42)).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide(&set, "human", "", false, &sql(41)).verdict,
+        Verdict::Allow
+    );
+    assert_eq!(set.verdicts.len(), 2);
+}
+
 #[track_caller]
 fn load_error(src: &str) -> String {
     match PolicySet::from_source(src, "test.cedar") {
@@ -562,99 +596,4 @@ async fn watch_file_reloads_valid_and_keeps_running_on_invalid() {
     assert!(wait_for(version_of(v1)).await, "recovery not picked up");
     task.abort();
     let _ = std::fs::remove_file(&path);
-}
-
-#[test]
-#[ignore]
-fn tmp_profile() {
-    use std::time::Instant;
-    let set = PolicySet::default_pack();
-    let small = PolicySet::from_source(
-        "permit (principal, action == Airlock::Action::\"sql:read\", resource);",
-        "s",
-    )
-    .unwrap();
-    let who = identity("agent:agents");
-    let conn = connection(P);
-    let cls = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 48213");
-    let stmt = &cls.statements[0];
-    let ctx = PolicyContext::default();
-    let n = 5000;
-    let names = eval::names().unwrap();
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(Subject::new(names, &who, &conn).unwrap());
-    }
-    eprintln!("subject {:?}", t.elapsed() / n);
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(eval::sql_facts(stmt, &ctx, false));
-    }
-    eprintln!("facts {:?}", t.elapsed() / n);
-    let facts = eval::sql_facts(stmt, &ctx, false);
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(cedar_policy::Context::from_pairs(facts.clone()).unwrap());
-    }
-    eprintln!("context {:?}", t.elapsed() / n);
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(facts.clone());
-    }
-    eprintln!("facts clone {:?}", t.elapsed() / n);
-    let bools: Vec<_> = facts
-        .iter()
-        .filter(|(k, _)| k == "grant" || k == "has_where")
-        .cloned()
-        .collect();
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(cedar_policy::Context::from_pairs(bools.clone()).unwrap());
-    }
-    eprintln!("context bools {:?}", t.elapsed() / n);
-    let strs: Vec<_> = facts
-        .iter()
-        .filter(|(k, _)| k == "kind" || k == "class" || k == "text")
-        .cloned()
-        .collect();
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(cedar_policy::Context::from_pairs(strs.clone()).unwrap());
-    }
-    eprintln!("context strings {:?}", t.elapsed() / n);
-    let sets: Vec<_> = facts
-        .iter()
-        .filter(|(k, _)| k.starts_with("table") || k == "functions")
-        .cloned()
-        .collect();
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(cedar_policy::Context::from_pairs(sets.clone()).unwrap());
-    }
-    eprintln!("context sets {:?}", t.elapsed() / n);
-    let json = serde_json::json!({"approved": false, "grant": false, "kind": "select", "class": "read", "tables": ["pgbench_accounts"], "tables_read": ["pgbench_accounts"], "tables_written": [], "table_names": ["pgbench_accounts"], "has_where": true, "functions": [], "text": "SELECT abalance FROM pgbench_accounts WHERE aid = 48213"});
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(cedar_policy::Context::from_json_value(json.clone(), None).unwrap());
-    }
-    eprintln!("context json {:?}", t.elapsed() / n);
-    let subject = Subject::new(names, &who, &conn).unwrap();
-    let uid = "sql:read";
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(set.eval.judge(&subject, uid, &facts));
-    }
-    eprintln!("judge full {:?}", t.elapsed() / n);
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(small.eval.judge(&subject, uid, &facts));
-    }
-    eprintln!("judge small {:?}", t.elapsed() / n);
-    let del = classify("DELETE FROM sessions");
-    let facts = eval::sql_facts(&del.statements[0], &ctx, false);
-    let t = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(set.eval.judge(&subject, "sql:write", &facts));
-    }
-    eprintln!("judge review {:?}", t.elapsed() / n);
 }

@@ -94,6 +94,27 @@ pub enum EventBody {
         commands: u64,
         reason: String,
     },
+    /// A held command became an approval request.
+    ApprovalRequested {
+        request_id: Uuid,
+        /// The held command (`Command.seq`).
+        seq: u64,
+        reviewers: Vec<String>,
+        min_approvals: u32,
+        expires_at_us: i64,
+    },
+    /// A reviewer decided, or the request otherwise moved on (expired,
+    /// withdrawn, released to the target).
+    ApprovalDecided {
+        request_id: Uuid,
+        /// The request's status after this event.
+        status: String,
+        /// Who decided, when a reviewer did.
+        reviewer: Option<String>,
+        /// `approve` or `reject`, when a reviewer decided.
+        decision: Option<String>,
+        comment: Option<String>,
+    },
 }
 
 impl EventBody {
@@ -105,6 +126,8 @@ impl EventBody {
             EventBody::Command { .. } => "command",
             EventBody::CommandResult { .. } => "command_result",
             EventBody::SessionEnd { .. } => "session_end",
+            EventBody::ApprovalRequested { .. } => "approval_requested",
+            EventBody::ApprovalDecided { .. } => "approval_decided",
         }
     }
 }

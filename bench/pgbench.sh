@@ -1,0 +1,512 @@
+#!/usr/bin/env bash
+# pgbench through three paths to one throwaway PostgreSQL:
+#   direct     pgbench -> PostgreSQL
+#   airlock    pgbench -> airlock serve (recording on) -> PostgreSQL
+#   pgbouncer  pgbench -> PgBouncer (session mode)     -> PostgreSQL
+#
+# Usage:  bench/pgbench.sh            (from any directory; root or a sudoer)
+#
+# Environment (all optional):
+#   BENCH_SECONDS=20        measured seconds per run
+#   BENCH_WARMUP=3          warm-up seconds before each measured run
+#   BENCH_SCALE=10          pgbench -i scale factor
+#   BENCH_STORE_SYNC=full   Airlock [store] sync: full | normal
+#   BENCH_SCENARIOS=        comma-separated filters on scenario names, e.g.
+#                           "select-only" or "select-only/c16,tpcb/c1/simple";
+#                           a scenario runs if its name contains any filter
+#   BENCH_TARGETS=direct,airlock,pgbouncer
+#   BENCH_OUT=              markdown output (default bench/results/pgbench-<date>-sync-<mode>.md)
+#   AIRLOCK_BIN=            use this binary instead of `cargo build --release -p airlock`
+#   BENCH_KEEP=1            keep the temp dir (logs, configs) after the run
+#
+# Scenarios: {select-only (-S), tpcb (default script)} x {1 client, 16 clients
+# (-c 16 -j 2)} x {-M simple, -M prepared}. Every run uses -n (no vacuum) on
+# every target; the script itself runs VACUUM + TRUNCATE pgbench_history +
+# CHECKPOINT directly before each measured tpcb run, which is what pgbench does
+# without -n (Airlock's default policy sends TRUNCATE to review, so pgbench
+# must not send it through the gateway).
+# TPS is pgbench's "without initial connection time"; latency is "latency average".
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+
+BENCH_SECONDS="${BENCH_SECONDS:-20}"
+BENCH_WARMUP="${BENCH_WARMUP:-3}"
+BENCH_SCALE="${BENCH_SCALE:-10}"
+BENCH_STORE_SYNC="${BENCH_STORE_SYNC:-full}"
+BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
+BENCH_TARGETS="${BENCH_TARGETS:-direct,airlock,pgbouncer}"
+STAMP="$(date +%Y-%m-%d-%H%M%S)"
+BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC.md}"
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+case "$BENCH_STORE_SYNC" in full|normal) ;; *) die "BENCH_STORE_SYNC must be full or normal, not '$BENCH_STORE_SYNC'" ;; esac
+[[ "$BENCH_SECONDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
+[[ "$BENCH_WARMUP" =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be an integer"
+
+IS_ROOT=0; [ "$(id -u)" -eq 0 ] && IS_ROOT=1
+SUDO=(); [ "$IS_ROOT" -eq 0 ] && SUDO=(sudo)
+
+# ---------------------------------------------------------------------------
+# 0. Dependencies (idempotent)
+# ---------------------------------------------------------------------------
+pg_bindir() {
+    local d best=""
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
+        [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && best="$d"
+    done
+    printf '%s' "$best"
+}
+
+need=()
+[ -n "$(pg_bindir)" ] || need+=(postgresql)
+command -v pgbench >/dev/null 2>&1 || [ -x "$(pg_bindir)/pgbench" ] || need+=(postgresql-contrib)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "${#need[@]}" -gt 0 ]; then
+    say "installing: ${need[*]}"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+PGBIN="$(pg_bindir)"
+[ -n "$PGBIN" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
+PGBENCH="$(command -v pgbench || echo "$PGBIN/pgbench")"
+PSQL="$(command -v psql || echo "$PGBIN/psql")"
+PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+if [ "$IS_ROOT" -eq 1 ]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' OS user (apt-get install postgresql)"
+fi
+
+# ---------------------------------------------------------------------------
+# 1. Airlock binary
+# ---------------------------------------------------------------------------
+if [ -n "${AIRLOCK_BIN:-}" ]; then
+    [ -x "$AIRLOCK_BIN" ] || die "AIRLOCK_BIN=$AIRLOCK_BIN is not executable"
+else
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    fi
+    say "building airlock (cargo build --release -p airlock)"
+    (cd "$ROOT" && cargo build --release -p airlock --quiet)
+    AIRLOCK_BIN="$ROOT/target/release/airlock"
+fi
+
+# ---------------------------------------------------------------------------
+# Temp dir, cleanup
+# ---------------------------------------------------------------------------
+TMP="$(mktemp -d /tmp/airlock-bench.XXXXXX)"   # /tmp: reachable by `postgres`
+chmod 755 "$TMP"
+PGDATA_DIR="$TMP/pgdata"; PGSOCK="$TMP/sock"; PGLOG="$TMP/postgres.log"
+AIRLOCK_PID=""; PG_STARTED=0; PGB_STARTED=0
+
+as_pg() {   # run a PostgreSQL/PgBouncer program as `postgres` when we are root
+    if [ "$IS_ROOT" -eq 1 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$AIRLOCK_PID" ] && kill -0 "$AIRLOCK_PID" 2>/dev/null; then
+        kill -TERM "$AIRLOCK_PID"
+        for _ in $(seq 1 100); do kill -0 "$AIRLOCK_PID" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$AIRLOCK_PID" 2>/dev/null; then
+            say "airlock did not stop within 10 s of SIGTERM; sending SIGKILL"
+            kill -KILL "$AIRLOCK_PID"
+        fi
+        wait "$AIRLOCK_PID" 2>/dev/null
+        local st=$?
+        [ "$st" -eq 0 ] || say "airlock exited with status $st (log: $AIRLOCK_LOG)"
+    fi
+    if [ "$PGB_STARTED" -eq 1 ] && [ -s "$TMP/pgbouncer.pid" ]; then
+        local p; p="$(cat "$TMP/pgbouncer.pid")"
+        kill -TERM "$p" 2>/dev/null
+        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+    fi
+    if [ "$PG_STARTED" -eq 1 ]; then
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 60 stop >/dev/null 2>&1
+    fi
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        say "BENCH_KEEP=1: keeping $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return
+    local p
+    while :; do
+        p=$(( 20000 + RANDOM % 30000 ))
+        ss -Htln "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
+    done
+}
+rand_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+# ---------------------------------------------------------------------------
+# 2. PostgreSQL
+# ---------------------------------------------------------------------------
+DB_USER="bench_owner"
+DB_PASSWORD="pw-$(rand_hex 12)"
+BENCHER_TOKEN="tok-bencher-$(rand_hex 16)"
+export BENCHER_TOKEN BENCH_DB_PASSWORD="$DB_PASSWORD"
+
+mkdir -p "$PGSOCK"
+[ "$IS_ROOT" -eq 1 ] && chown -R postgres:postgres "$TMP"
+say "initdb ($PGBIN)"
+as_pg env LC_ALL=C LANG=C "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C >"$TMP/initdb.log" 2>&1 \
+    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+# Defaults otherwise (fsync, synchronous_commit, shared_buffers, ...).
+cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
+
+# --- airlock bench ---
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PGSOCK'
+max_connections = 200
+password_encryption = 'scram-sha-256'
+EOF
+cat >"$PGDATA_DIR/pg_hba.conf" <<EOF
+local  all  all                 trust
+host   all  all  127.0.0.1/32   scram-sha-256
+EOF
+
+PG_PORT=""
+for attempt in 1 2 3 4 5; do
+    PG_PORT="$(free_port)"
+    if as_pg env LC_ALL=C "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 120 -o "-p $PG_PORT" start >/dev/null 2>&1; then
+        PG_STARTED=1; break
+    fi
+    grep -q -e 'Address already in use' -e 'could not create any TCP/IP sockets' "$PGLOG" 2>/dev/null \
+        || { tail -n 30 "$PGLOG" >&2; die "PostgreSQL failed to start"; }
+done
+[ "$PG_STARTED" -eq 1 ] || die "PostgreSQL: no free port after 5 attempts"
+say "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+
+admin_sql() {   # superuser over the unix socket
+    as_pg "$PSQL" -X -q -v ON_ERROR_STOP=1 -At -h "$PGSOCK" -p "$PG_PORT" -U postgres -d "${2:-postgres}" -c "$1"
+}
+admin_sql "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD';"
+admin_sql "CREATE DATABASE bench OWNER $DB_USER;"
+
+export PGSSLMODE=disable   # plain TCP on every path (Airlock accepts it from loopback)
+export PGAPPNAME=pgbench
+say "pgbench -i -s $BENCH_SCALE (direct)"
+PGPASSWORD="$DB_PASSWORD" "$PGBENCH" -i -q -s "$BENCH_SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" bench >"$TMP/pgbench-init.log" 2>&1 \
+    || { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# The disk's fdatasync latency bounds Airlock's group commit with sync=full.
+FDATASYNC_US=""
+if [ -x "$PGBIN/pg_test_fsync" ]; then
+    FDATASYNC_US="$("$PGBIN/pg_test_fsync" -s 1 -f "$TMP/fsync.test" 2>/dev/null \
+        | awk '/one 8kB write/{b=1} b && $1=="fdatasync"{print $(NF-1); exit}')" || true
+    rm -f "$TMP/fsync.test"
+    say "fdatasync of one 8 kB write in $TMP: ${FDATASYNC_US:-?} µs"
+fi
+
+# ---------------------------------------------------------------------------
+# 3a. Airlock
+# ---------------------------------------------------------------------------
+has_target() { [[ ",$BENCH_TARGETS," == *",$1,"* ]]; }
+AIRLOCK_PORT=""; AIRLOCK_API=""; AIRLOCK_LOG="$TMP/airlock.log"
+if has_target airlock; then
+    mkdir -p "$TMP/airlock-data"
+    cat >"$TMP/airlock.toml" <<EOF
+[server]
+api_listen = "127.0.0.1:0"
+data_dir = "$TMP/airlock-data"
+
+[store]
+sync = "$BENCH_STORE_SYNC"
+
+[listeners]
+postgres = "127.0.0.1:0"
+
+[[identities]]
+name = "bencher"
+kind = "human"
+groups = ["dba"]
+token_env = "BENCHER_TOKEN"
+
+[[connections]]
+name = "bench"
+protocol = "postgres"
+host = "127.0.0.1"
+port = $PG_PORT
+database = "bench"
+username = "$DB_USER"
+password_env = "BENCH_DB_PASSWORD"
+tls = "disable"
+tags = ["bench"]
+EOF
+    : >"$TMP/airlock.out"
+    NO_COLOR=1 "$AIRLOCK_BIN" serve --config "$TMP/airlock.toml" >"$TMP/airlock.out" 2>"$AIRLOCK_LOG" </dev/null &
+    AIRLOCK_PID=$!
+    ready=""
+    for _ in $(seq 1 600); do
+        ready="$(grep -m1 '^airlock ready' "$TMP/airlock.out" || true)"
+        [ -n "$ready" ] && break
+        kill -0 "$AIRLOCK_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$ready" ]; then
+        tail -n 40 "$AIRLOCK_LOG" >&2
+        die "airlock serve did not print its ready line within 60 s"
+    fi
+    AIRLOCK_PORT="$(sed -n 's/.* postgres=[^ ]*:\([0-9]\+\).*/\1/p' <<<"$ready")"
+    AIRLOCK_API="$(sed -n 's/.* api=\([^ ]*\).*/\1/p' <<<"$ready")"
+    [ -n "$AIRLOCK_PORT" ] || die "cannot parse the postgres port from: $ready"
+    say "Airlock ($ready), store sync=$BENCH_STORE_SYNC"
+    PGPASSWORD="$BENCHER_TOKEN" "$PSQL" -X -q -At -h 127.0.0.1 -p "$AIRLOCK_PORT" -U bencher -d bench \
+        -c "SELECT count(*) FROM pgbench_branches" >/dev/null \
+        || { tail -n 40 "$AIRLOCK_LOG" >&2; die "smoke query through Airlock failed"; }
+fi
+
+# ---------------------------------------------------------------------------
+# 3b. PgBouncer (session mode)
+# ---------------------------------------------------------------------------
+PGB_PORT=""
+if has_target pgbouncer; then
+    PGB_PORT="$(free_port)"
+    cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $TMP/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 40
+logfile = $TMP/pgbouncer.log
+pidfile = $TMP/pgbouncer.pid
+ignore_startup_parameters = extra_float_digits
+EOF
+    # Plain password: PgBouncer verifies the client's SCRAM with it and logs
+    # in upstream with it.
+    printf '"%s" "%s"\n' "$DB_USER" "$DB_PASSWORD" >"$TMP/userlist.txt"
+    chmod 600 "$TMP/userlist.txt"
+    [ "$IS_ROOT" -eq 1 ] && chown postgres:postgres "$TMP/pgbouncer.ini" "$TMP/userlist.txt"
+    as_pg "$PGBOUNCER" -d "$TMP/pgbouncer.ini" >"$TMP/pgbouncer.start.log" 2>&1 \
+        || { cat "$TMP/pgbouncer.start.log" "$TMP/pgbouncer.log" >&2 2>/dev/null; die "pgbouncer failed to start"; }
+    PGB_STARTED=1
+    ok=0
+    for _ in $(seq 1 100); do
+        if PGPASSWORD="$DB_PASSWORD" "$PSQL" -X -q -At -h 127.0.0.1 -p "$PGB_PORT" -U "$DB_USER" -d bench \
+            -c "SELECT 1" >/dev/null 2>&1; then ok=1; break; fi
+        sleep 0.1
+    done
+    [ "$ok" -eq 1 ] || { tail -n 20 "$TMP/pgbouncer.log" >&2; die "PgBouncer does not answer on 127.0.0.1:$PGB_PORT"; }
+    say "PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') (session mode) on 127.0.0.1:$PGB_PORT"
+fi
+
+# ---------------------------------------------------------------------------
+# 4. Runs
+# ---------------------------------------------------------------------------
+target_args() {   # prints "PORT USER PASSWORD"
+    case "$1" in
+        direct)    echo "$PG_PORT $DB_USER $DB_PASSWORD" ;;
+        airlock)   echo "$AIRLOCK_PORT bencher $BENCHER_TOKEN" ;;
+        pgbouncer) echo "$PGB_PORT $DB_USER $DB_PASSWORD" ;;
+    esac
+}
+
+# Airlock's own view of a run: deltas of its Prometheus histograms.
+METRICS=(airlock_store_commit_seconds airlock_store_batch_size airlock_decide_seconds airlock_command_duration_seconds)
+metrics_snapshot() {   # prints "sum count" per metric in METRICS order (summed over labels)
+    local text m
+    text="$(curl -fsS --max-time 5 "http://$AIRLOCK_API/metrics" 2>/dev/null || true)"
+    for m in "${METRICS[@]}"; do
+        awk -v m="$m" '
+            $1 ~ "^"m"_sum(\\{|$)"   { s += $2 }
+            $1 ~ "^"m"_count(\\{|$)" { c += $2 }
+            END { printf "%s %s\n", s+0, c+0 }' <<<"$text"
+    done
+}
+metrics_delta() {   # before-file after-file seconds -> "commits/s ms/commit events/commit decide_us cmd_us"
+    paste -d' ' "$1" "$2" | awk -v secs="$3" '
+        { ds[NR] = $3 - $1; dc[NR] = $4 - $2 }
+        END {
+            printf "%.0f %.3f %.1f %.1f %.0f\n",
+                dc[1] / secs,
+                (dc[1] > 0 ? ds[1] / dc[1] * 1000 : 0),
+                (dc[2] > 0 ? ds[2] / dc[2] : 0),
+                (dc[3] > 0 ? ds[3] / dc[3] * 1e6 : 0),
+                (dc[4] > 0 ? ds[4] / dc[4] * 1e6 : 0)
+        }'
+}
+
+CLK_TCK="$(getconf CLK_TCK)"
+airlock_cpu_ticks() {   # utime + stime of the gateway process
+    awk '{print $14 + $15}' "/proc/$AIRLOCK_PID/stat" 2>/dev/null || echo 0
+}
+
+SCENARIOS=()
+for script in select-only tpcb; do
+    for clients in 1 16; do
+        for mode in simple prepared; do
+            name="$script/c$clients/$mode"
+            if [ -n "$BENCH_SCENARIOS" ]; then
+                keep=0
+                IFS=',' read -r -a filters <<<"$BENCH_SCENARIOS"
+                for f in "${filters[@]}"; do [ -n "$f" ] && [[ "$name" == *"$f"* ]] && keep=1; done
+                [ "$keep" -eq 1 ] || continue
+            fi
+            SCENARIOS+=("$name")
+        done
+    done
+done
+[ "${#SCENARIOS[@]}" -gt 0 ] || die "BENCH_SCENARIOS='$BENCH_SCENARIOS' matches no scenario"
+IFS=',' read -r -a TARGETS <<<"$BENCH_TARGETS"
+for t in "${TARGETS[@]}"; do
+    case "$t" in direct|airlock|pgbouncer) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
+done
+
+declare -A TPS LAT FAILED STORE
+FAILURES=()
+LOADS=()
+
+prepare_run() {   # what pgbench does itself without -n, done directly
+    if [[ "$1" == tpcb/* ]]; then
+        local q
+        for q in "VACUUM pgbench_branches" "VACUUM pgbench_tellers" "TRUNCATE pgbench_history" "CHECKPOINT"; do
+            admin_sql "$q" bench
+        done
+    fi
+}
+
+run_pgbench() {   # scenario target seconds logfile
+    local scen="$1" target="$2" secs="$3" log="$4" script clients mode port user pw
+    IFS=/ read -r script clients mode <<<"$scen"
+    clients="${clients#c}"
+    read -r port user pw <<<"$(target_args "$target")"
+    local args=(-n -T "$secs" -M "$mode" -c "$clients" -h 127.0.0.1 -p "$port" -U "$user")
+    [ "$clients" -gt 1 ] && args+=(-j 2)
+    [ "$script" = select-only ] && args+=(-S)
+    # pgbench stops on its own after -T; the outer timeout only guards a hang.
+    PGPASSWORD="$pw" timeout --kill-after=10 "$(( secs + 60 ))" "$PGBENCH" "${args[@]}" bench >"$log" 2>&1
+}
+
+total=$(( ${#SCENARIOS[@]} * ${#TARGETS[@]} ))
+n=0
+for scen in "${SCENARIOS[@]}"; do
+    for target in "${TARGETS[@]}"; do
+        n=$(( n + 1 ))
+        log="$TMP/run-${scen//\//_}-$target.log"
+        prepare_run "$scen"
+        if [ "$BENCH_WARMUP" -gt 0 ]; then
+            run_pgbench "$scen" "$target" "$BENCH_WARMUP" "$log.warmup" || true
+            prepare_run "$scen"
+        fi
+        load="$(cut -d' ' -f1 /proc/loadavg)"
+        LOADS+=("$load")
+        say "[$n/$total] $scen via $target (${BENCH_SECONDS}s, load average $load)"
+        rc=0
+        if [ "$target" = airlock ]; then metrics_snapshot >"$log.m0"; cpu0="$(airlock_cpu_ticks)"; fi
+        run_pgbench "$scen" "$target" "$BENCH_SECONDS" "$log" || rc=$?
+        if [ "$target" = airlock ]; then
+            cpu1="$(airlock_cpu_ticks)"
+            metrics_snapshot >"$log.m1"
+            cpu_pct="$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v secs="$BENCH_SECONDS" 'BEGIN{printf "%.0f", (b-a)/hz/secs*100}')"
+            STORE["$scen"]="$(metrics_delta "$log.m0" "$log.m1" "$BENCH_SECONDS") $cpu_pct"
+            read -r cps mspc epc dus cus cpu <<<"${STORE[$scen]}"
+            say "  airlock: $cps commits/s, $mspc ms/commit, $epc events/commit, decide $dus µs, command $cus µs, CPU $cpu%"
+        fi
+        tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$log" | head -n1)"
+        lat="$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$log" | head -n1)"
+        failed="$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log" | head -n1)"
+        if [ "$rc" -ne 0 ] || [ -z "$tps" ] || [ -z "$lat" ] || { [ -n "$failed" ] && [ "$failed" != 0 ]; }; then
+            say "  FAILED (exit $rc); pgbench output:"
+            sed 's/^/    /' "$log" | tail -n 20 >&2
+            if [ "$target" = airlock ]; then
+                say "  airlock log tail:"
+                tail -n 30 "$AIRLOCK_LOG" | sed 's/^/    /' >&2
+                mkdir -p "$ROOT/bench/results"
+                cp "$AIRLOCK_LOG" "$ROOT/bench/results/airlock-stderr-$STAMP.log"
+                say "  airlock log saved to bench/results/airlock-stderr-$STAMP.log"
+            fi
+            FAILURES+=("$scen via $target: exit $rc, $(grep -m1 -iE 'error|abort|fatal' "$log" || echo 'no tps line')")
+        fi
+        TPS["$scen,$target"]="${tps:-}"
+        LAT["$scen,$target"]="${lat:-}"
+        FAILED["$scen,$target"]="${failed:-}"
+        say "  tps=${tps:-?} latency=${lat:-?} ms failed=${failed:-?}"
+    done
+done
+
+# ---------------------------------------------------------------------------
+# 5. Report
+# ---------------------------------------------------------------------------
+fmt_tps() { [ -n "$1" ] && printf '%.0f' "$1" || printf 'n/a'; }
+fmt_lat() { [ -n "$1" ] && printf '%.3f' "$1" || printf 'n/a'; }
+ratio()   { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "n/a" }'; else printf 'n/a'; fi; }
+added_us() {   # airlock_lat direct_lat statements_per_tx
+    if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v d="$2" -v n="$3" 'BEGIN{ printf "%.0f", (a-d)*1000/n }'; else printf 'n/a'; fi
+}
+
+CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+GIT_REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+GIT_DIRTY="$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (uncommitted changes)' || true)"
+
+{
+    echo "# pgbench: direct vs Airlock vs PgBouncer"
+    echo
+    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on)"
+    echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); pgbench, PostgreSQL, PgBouncer and Airlock share the machine"
+    echo "- PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
+    echo "- each run: ${BENCH_WARMUP} s warm-up, then ${BENCH_SECONDS} s; \`-n\`; 16 clients use \`-j 2\`; TPS without initial connection time; latency = pgbench average per transaction (ms)"
+    echo "- fdatasync of one 8 kB write (pg_test_fsync, temp dir): ${FDATASYNC_US:-n/a} µs; 1-min load average before the runs: $(printf '%s ' "${LOADS[@]}" | awk '{min=$1;max=$1;for(i=1;i<=NF;i++){if($i<min)min=$i;if($i>max)max=$i}; print min "–" max}') (pgbench + PostgreSQL + proxy account for ~1–2 of it; more means other work on the machine)"
+    echo "- added µs/stmt (1 client only): (Airlock avg latency − direct avg latency) / statements per transaction (select-only: 1, tpcb: 7)"
+    echo
+    echo "| scenario | direct TPS | airlock TPS | pgbouncer TPS | airlock/direct | airlock/pgbouncer | direct lat ms | airlock lat ms | pgbouncer lat ms | added µs/stmt (1 client) |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for scen in "${SCENARIOS[@]}"; do
+        d="${TPS[$scen,direct]:-}"; a="${TPS[$scen,airlock]:-}"; b="${TPS[$scen,pgbouncer]:-}"
+        dl="${LAT[$scen,direct]:-}"; al="${LAT[$scen,airlock]:-}"; bl="${LAT[$scen,pgbouncer]:-}"
+        added="–"
+        if [[ "$scen" == */c1/* ]]; then
+            stmts=1; [[ "$scen" == tpcb/* ]] && stmts=7
+            added="$(added_us "$al" "$dl" "$stmts")"
+        fi
+        echo "| $scen | $(fmt_tps "$d") | $(fmt_tps "$a") | $(fmt_tps "$b") | $(ratio "$a" "$d") | $(ratio "$a" "$b") | $(fmt_lat "$dl") | $(fmt_lat "$al") | $(fmt_lat "$bl") | $added |"
+    done
+    if has_target airlock; then
+        echo
+        echo "Airlock's own metrics over each measured run (deltas of its /metrics histograms):"
+        echo
+        echo "| scenario | store commits/s | ms per commit | events per commit | decide µs/stmt | command µs/stmt | airlock CPU (% of one core) |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        for scen in "${SCENARIOS[@]}"; do
+            [ -n "${STORE[$scen]:-}" ] || continue
+            read -r cps mspc epc dus cus cpu <<<"${STORE[$scen]}"
+            echo "| $scen | $cps | $mspc | $epc | $dus | $cus | $cpu |"
+        done
+    fi
+    if [ "${#FAILURES[@]}" -gt 0 ]; then
+        echo
+        echo "Failed runs:"
+        for f in "${FAILURES[@]}"; do echo "- $f"; done
+    fi
+    if has_target airlock; then
+        echo
+        errs="$(sed 's/\x1b\[[0-9;]*m//g' "$AIRLOCK_LOG" | grep -cE ' (ERROR|WARN) ' || true)"
+        echo "Airlock stderr: $(wc -l <"$AIRLOCK_LOG") lines, ${errs:-0} ERROR/WARN lines; store $(du -sh "$TMP/airlock-data" | cut -f1)."
+    fi
+} >"$TMP/report.md"
+
+mkdir -p "$(dirname "$BENCH_OUT")"
+cp "$TMP/report.md" "$BENCH_OUT"
+echo
+cat "$TMP/report.md"
+echo
+say "markdown written to ${BENCH_OUT#"$ROOT"/}"
+[ "${#FAILURES[@]}" -eq 0 ] || exit 1

@@ -1,0 +1,555 @@
+//! Human-in-the-loop approvals end to end: a psycopg session's statement is
+//! held (the NoticeResponse arrives at once), reviewers decide through the
+//! real CLI and REST API, and exactly the held statement runs once, or the
+//! client gets 42501 and its session goes on.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use support::*;
+
+/// Runs one statement per argument in a psycopg session, printing each
+/// notice as it arrives (`NOTICE ...`), then `OK <status>` or
+/// `ERR <sqlstate> <message>` per statement, and finally `ALIVE 1`.
+const CLIENT: &str = r#"
+import sys, threading, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=(sys.argv[2] == "autocommit"))
+conn.add_notice_handler(lambda d: print("NOTICE", d.message_primary, flush=True))
+if len(sys.argv) > 3 and sys.argv[3] == "cancel-on-notice":
+    conn.add_notice_handler(lambda d: threading.Thread(target=conn.cancel).start())
+    statements = sys.argv[4:]
+else:
+    statements = sys.argv[3:]
+cur = conn.cursor()
+for sql in statements:
+    try:
+        cur.execute(sql)
+        print("OK", cur.statusmessage, flush=True)
+    except psycopg.Error as e:
+        print("ERR", e.sqlstate, str(e).splitlines()[0], flush=True)
+        if not conn.autocommit:
+            conn.rollback()
+if not conn.autocommit:
+    conn.commit()
+cur.execute("SELECT 1")
+print("ALIVE", cur.fetchone()[0], flush=True)
+"#;
+
+struct Client {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Client {
+    fn start(
+        gw: &Gateway,
+        identity: &str,
+        connection: &str,
+        mode: &str,
+        statements: &[&str],
+    ) -> Client {
+        let mut child = Command::new(require_psycopg())
+            .arg("-c")
+            .arg(CLIENT)
+            .arg(gw.conninfo(identity, connection))
+            .arg(mode)
+            .args(statements)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Client { child, lines }
+    }
+
+    fn next_line(&mut self) -> String {
+        match self.lines.next() {
+            Some(Ok(l)) => l,
+            other => panic!("client ended early: {other:?}"),
+        }
+    }
+
+    /// Waits for the hold notice and returns the approval request id.
+    fn held_id(&mut self) -> String {
+        let line = self.next_line();
+        let marker = "statement held for approval ";
+        let at = line
+            .find(marker)
+            .unwrap_or_else(|| panic!("expected a hold notice, got {line:?}"));
+        line[at + marker.len()..]
+            .split(':')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn rest(mut self) -> String {
+        let mut out = Vec::new();
+        for l in self.lines.by_ref() {
+            out.push(l.unwrap());
+        }
+        let _ = self.child.wait();
+        out.join("\n")
+    }
+}
+
+fn cli(gw: &Gateway, identity: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .env("AIRLOCK_URL", gw.api_url())
+        .env("AIRLOCK_TOKEN", gw.token(identity))
+        .output()
+        .expect("run airlock CLI")
+}
+
+fn status_of(gw: &Gateway, id: &str) -> String {
+    let out = cli(gw, "alice", &["approvals", "show", id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["status"]
+        .as_str()
+        .or_else(|| v["request"]["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn setup_with(extra: &str) -> (PgCluster, Gateway) {
+    let pg = PgCluster::start();
+    for db in ["shop", "lab"] {
+        pg.create_database(db, SCRAM_USER);
+        pg.psql_admin_db(
+            db,
+            &format!("SET ROLE {SCRAM_USER}; CREATE TABLE payments (id int PRIMARY KEY, amount int); INSERT INTO payments VALUES (1, 10), (2, 20);"),
+        );
+    }
+    let gw = Gateway::start(
+        GatewayConfig::new(&pg)
+            .identity("bob", "human", &["dba"])
+            .identity("carol", "human", &["devs"])
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
+            .extra_toml(extra),
+    );
+    (pg, gw)
+}
+
+fn setup() -> (PgCluster, Gateway) {
+    setup_with("")
+}
+
+#[test]
+fn approved_statement_runs_once_and_a_replay_needs_a_new_approval() {
+    let (pg, gw) = setup();
+    let insert = "INSERT INTO payments VALUES (3, 30)";
+    let mut c = Client::start(&gw, "agent", "shop", "autocommit", &[insert]);
+    let id = c.held_id();
+    assert_eq!(status_of(&gw, &id), "pending");
+    let out = cli(
+        &gw,
+        "alice",
+        &["approvals", "approve", &id, "--comment", "looks fine"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest = c.rest();
+    assert!(rest.contains("OK INSERT 0 1"), "{rest}");
+    assert!(rest.contains("ALIVE 1"), "{rest}");
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments WHERE id = 3")
+            .trim(),
+        "1"
+    );
+    assert_eq!(status_of(&gw, &id), "executed");
+    // A second approve of a released request changes nothing.
+    assert!(
+        !cli(&gw, "bob", &["approvals", "approve", &id])
+            .status
+            .success()
+    );
+
+    // The same statement again is a new command: it needs a new approval.
+    let mut c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "autocommit",
+        &["INSERT INTO payments VALUES (4, 40)"],
+    );
+    let second = c.held_id();
+    assert_ne!(second, id);
+    assert!(
+        cli(
+            &gw,
+            "alice",
+            &["approvals", "reject", &second, "--comment", "enough"]
+        )
+        .status
+        .success()
+    );
+    let rest = c.rest();
+    assert!(rest.contains("ERR 42501"), "{rest}");
+}
+
+#[test]
+fn rejection_returns_42501_with_reviewer_and_reason_and_the_session_goes_on() {
+    let (pg, gw) = setup();
+    let mut c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "autocommit",
+        &["DELETE FROM payments WHERE id = 1"],
+    );
+    let id = c.held_id();
+    let out = cli(
+        &gw,
+        "bob",
+        &[
+            "approvals",
+            "reject",
+            &id,
+            "--comment",
+            "not during the freeze",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rest = c.rest();
+    assert!(rest.contains("ERR 42501"), "{rest}");
+    assert!(
+        rest.contains("rejected by bob") && rest.contains("not during the freeze"),
+        "{rest}"
+    );
+    assert!(rest.contains("ALIVE 1"), "{rest}");
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments")
+            .trim(),
+        "2"
+    );
+}
+
+#[test]
+fn expiry_refuses_the_held_statement() {
+    let (pg, gw) = setup_with("[approvals]\npending_ttl = \"1s\"");
+    // Unbounded DELETE on lab: reviewed by a policy without @approval_ttl.
+    let mut c = Client::start(&gw, "alice", "lab", "autocommit", &["DELETE FROM payments"]);
+    let id = c.held_id();
+    let rest = c.rest();
+    assert!(
+        rest.contains("ERR 42501") && rest.contains("expired"),
+        "{rest}"
+    );
+    assert!(rest.contains("ALIVE 1"), "{rest}");
+    assert_eq!(status_of(&gw, &id), "expired");
+    assert_eq!(
+        pg.psql_admin_db("lab", "SELECT count(*) FROM payments")
+            .trim(),
+        "2"
+    );
+}
+
+#[test]
+fn requesters_non_humans_and_non_reviewers_cannot_approve() {
+    let (_pg, gw) = setup();
+    // alice (a dba) asks to drop a production table: held for a dba.
+    let mut c = Client::start(&gw, "alice", "shop", "autocommit", &["DROP TABLE payments"]);
+    let id = c.held_id();
+    for (who, why) in [
+        ("alice", "own request"),
+        ("carol", "not a dba"),
+        ("agent", "not a human"),
+    ] {
+        let out = cli(&gw, who, &["approvals", "approve", &id]);
+        assert!(!out.status.success(), "{who} ({why}) must not approve");
+    }
+    assert_eq!(status_of(&gw, &id), "pending");
+    assert!(
+        cli(&gw, "bob", &["approvals", "reject", &id, "--comment", "no"])
+            .status
+            .success()
+    );
+    assert!(c.rest().contains("ERR 42501"));
+}
+
+#[test]
+fn two_approvals_required_one_given_is_still_held() {
+    let policy = r#"
+@id("connect") permit (principal, action == Airlock::Action::"connect", resource);
+@id("read") permit (principal, action == Airlock::Action::"sql:read", resource);
+@id("two-person-write")
+@reason("writes need two DBAs")
+@reviewers("dba")
+@min_approvals("2")
+permit (principal, action == Airlock::Action::"sql:write", resource) when { context.approved };
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.cedar");
+    std::fs::write(&path, policy).unwrap();
+    let (pg, gw) = setup_with(&format!(
+        "[policy]\nfile = {}",
+        toml_string(path.to_string_lossy())
+    ));
+    let mut c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "autocommit",
+        &["UPDATE payments SET amount = 0 WHERE id = 1"],
+    );
+    let id = c.held_id();
+    assert!(
+        cli(&gw, "alice", &["approvals", "approve", &id])
+            .status
+            .success()
+    );
+    assert_eq!(status_of(&gw, &id), "pending", "one of two approvals");
+    assert!(
+        c.child.try_wait().unwrap().is_none(),
+        "the client is still waiting"
+    );
+    assert!(
+        cli(&gw, "bob", &["approvals", "approve", &id])
+            .status
+            .success()
+    );
+    let rest = c.rest();
+    assert!(rest.contains("OK UPDATE 1"), "{rest}");
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT amount FROM payments WHERE id = 1")
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn disconnect_withdraws_the_request() {
+    let (_pg, gw) = setup();
+    let mut c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "autocommit",
+        &["DELETE FROM payments WHERE id = 2"],
+    );
+    let id = c.held_id();
+    c.child.kill().unwrap();
+    let _ = c.child.wait();
+    // The gateway notices the closed socket on its own; wait for its verdict.
+    let mut status = String::new();
+    for _ in 0..600 {
+        status = status_of(&gw, &id);
+        if status != "pending" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(status, "withdrawn");
+}
+
+#[test]
+fn a_held_statement_inside_a_transaction_commits_with_it() {
+    let (pg, gw) = setup();
+    let mut c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "transaction",
+        &[
+            "SELECT count(*) FROM payments",
+            "INSERT INTO payments VALUES (9, 90)",
+        ],
+    );
+    assert_eq!(c.next_line(), "OK SELECT 1");
+    let id = c.held_id();
+    assert!(
+        cli(&gw, "alice", &["approvals", "approve", &id])
+            .status
+            .success()
+    );
+    let rest = c.rest();
+    assert!(rest.contains("OK INSERT 0 1"), "{rest}");
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments WHERE id = 9")
+            .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn fifty_sessions_wait_at_once_while_others_keep_working() {
+    let (pg, gw) = setup();
+    let script = r#"
+import sys, threading, psycopg
+ci = sys.argv[1]
+def run(i):
+    with psycopg.connect(ci, autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: print("NOTICE", i, d.message_primary, flush=True))
+        try:
+            conn.execute("INSERT INTO payments VALUES (%s, 1)" % (100 + i))
+            print("OK", i, flush=True)
+        except psycopg.Error as e:
+            print("ERR", i, e.sqlstate, flush=True)
+threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("DONE", flush=True)
+"#;
+    let mut child = Command::new(require_psycopg())
+        .arg("-c")
+        .arg(script)
+        .arg(gw.conninfo("agent", "shop"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ids = Vec::new();
+    while ids.len() < 50 {
+        let line = lines.next().expect("notice").unwrap();
+        let marker = "statement held for approval ";
+        if let Some(at) = line.find(marker) {
+            ids.push(
+                line[at + marker.len()..]
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    // 50 held statements; another session is served meanwhile.
+    let out = psql(
+        &gw.conninfo("alice", "shop"),
+        "SELECT count(*) FROM payments",
+        &[],
+    );
+    assert_eq!(out.expect_success().trim(), "2");
+    let pending = cli(
+        &gw,
+        "alice",
+        &[
+            "approvals",
+            "list",
+            "--status",
+            "pending",
+            "--json",
+            "--limit",
+            "100",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&pending.stdout).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(50), "{v}");
+    for id in &ids {
+        assert!(
+            cli(&gw, "alice", &["approvals", "approve", id])
+                .status
+                .success()
+        );
+    }
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let _ = child.wait();
+    assert_eq!(
+        rest.iter().filter(|l| l.starts_with("OK ")).count(),
+        50,
+        "{rest:?}"
+    );
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments")
+            .trim(),
+        "52"
+    );
+}
+
+#[test]
+fn a_just_in_time_grant_lets_reviewed_statements_through_until_revoked() {
+    let (pg, gw) = setup();
+    let out = cli(
+        &gw,
+        "agent",
+        &[
+            "access",
+            "request",
+            "shop",
+            "--for",
+            "1h",
+            "--reason",
+            "incident 42",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"]
+        .as_str()
+        .or_else(|| v["request"]["id"].as_str())
+        .expect("request id")
+        .to_string();
+    assert!(
+        cli(
+            &gw,
+            "alice",
+            &["approvals", "approve", &id, "--comment", "go"]
+        )
+        .status
+        .success()
+    );
+
+    // With the grant: no review for the agent's production write.
+    let c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "autocommit",
+        &["INSERT INTO payments VALUES (5, 50)"],
+    );
+    let rest = c.rest();
+    assert!(rest.starts_with("OK INSERT 0 1"), "{rest}");
+    // Hard limits stay: no DROP for agents even with a grant.
+    let out = psql(&gw.conninfo("agent", "shop"), "DROP TABLE payments", &[]);
+    assert!(out.stderr.contains("may not DROP"), "{out:?}");
+
+    assert!(
+        cli(&gw, "alice", &["access", "revoke", &id])
+            .status
+            .success()
+    );
+    let mut c = Client::start(
+        &gw,
+        "agent",
+        "shop",
+        "autocommit",
+        &["INSERT INTO payments VALUES (6, 60)"],
+    );
+    let held = c.held_id();
+    assert!(
+        cli(
+            &gw,
+            "alice",
+            &["approvals", "reject", &held, "--comment", "grant is over"]
+        )
+        .status
+        .success()
+    );
+    assert!(c.rest().contains("ERR 42501"));
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments WHERE id IN (5, 6)")
+            .trim(),
+        "1"
+    );
+}
