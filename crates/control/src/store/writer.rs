@@ -36,9 +36,6 @@ pub(crate) struct PendingEvent {
 
 pub(crate) type Ack = oneshot::Sender<Result<(), RecordError>>;
 
-/// How long events nobody waits for may wait to share a commit.
-const LAZY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
-
 pub(crate) enum WriterMsg {
     /// Boxed: an event is far larger than the other messages.
     Append(Box<PendingEvent>, Ack),
@@ -142,35 +139,17 @@ impl Writer {
         // close has been taken.
         while let Some(first) = self.rx.recv().await {
             let mut next = Some(first);
-            loop {
-                while let Some(msg) = next.take() {
-                    match msg {
-                        WriterMsg::Append(ev, ack) => batch.push((ev, ack)),
-                        WriterMsg::Flush(done) => flushed.push(done),
-                        WriterMsg::Close(done) => {
-                            self.rx.close();
-                            closed.push(done);
-                        }
-                    }
-                    if batch.len() < self.max_batch {
-                        next = self.rx.try_recv().ok();
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Append(ev, ack) => batch.push((ev, ack)),
+                    WriterMsg::Flush(done) => flushed.push(done),
+                    WriterMsg::Close(done) => {
+                        self.rx.close();
+                        closed.push(done);
                     }
                 }
-                // Events nobody waits for (command results, whose futures
-                // were dropped) may wait a moment for company: committed
-                // with the next command they cost no commit of their own.
-                // Commands, session starts and flushes never wait.
-                let lazy = !batch.is_empty()
-                    && flushed.is_empty()
-                    && closed.is_empty()
-                    && batch.len() < self.max_batch
-                    && batch.iter().all(|(_, ack)| ack.is_closed());
-                if !lazy {
-                    break;
-                }
-                match tokio::time::timeout(LAZY_WAIT, self.rx.recv()).await {
-                    Ok(Some(msg)) => next = Some(msg),
-                    Ok(None) | Err(_) => break,
+                if batch.len() < self.max_batch {
+                    next = self.rx.try_recv().ok();
                 }
             }
             if !batch.is_empty() {
