@@ -59,7 +59,10 @@ async fn concurrent_appends_are_all_stored_chained_and_in_order() {
     }
 
     let stats = store.stats();
-    assert_eq!(stats.events, 16 * PER_SESSION);
+    assert_eq!(stats.events, 16 * PER_SESSION, "every append was journaled");
+    store.flush().await.unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.indexed_events, 16 * PER_SESSION);
     assert_eq!(stats.failed_batches, 0);
 
     let mut raw = raw(dir.path()).await;
@@ -81,15 +84,19 @@ async fn concurrent_appends_are_all_stored_chained_and_in_order() {
     store.close().await;
 }
 
-/// On a current-thread runtime the writer cannot run until this task yields,
-/// so every append below is queued first: the batching is deterministic.
+/// On a current-thread runtime the indexer cannot run until this task
+/// yields, so every append below is journaled first: the batching is
+/// deterministic.
 #[tokio::test]
-async fn queued_appends_are_group_committed_in_call_order() {
+async fn queued_appends_are_indexed_in_batches_in_call_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_with(dir.path(), 16).await;
     let a = Uuid::new_v4();
     let b = Uuid::new_v4();
-    let mut futures = Vec::new();
+    let mut futures = vec![
+        store.append(ev(a, 1, start("alice", "prod-pg"))),
+        store.append(ev(b, 1, start("bob", "prod-pg"))),
+    ];
     for seq in 1..=100u64 {
         let sid = if seq % 3 == 0 { b } else { a };
         futures.push(store.append(ev(
@@ -103,17 +110,19 @@ async fn queued_appends_are_group_committed_in_call_order() {
     for r in join_all(futures).await {
         r.unwrap();
     }
+    store.flush().await.unwrap();
 
     let stats = store.stats();
-    assert_eq!(stats.events, 100);
+    assert_eq!((stats.events, stats.indexed_events), (102, 102));
     assert_eq!(stats.max_batch, 16, "batches fill up to max_batch");
-    assert!(stats.batches >= 7 && stats.batches < 100, "{stats:?}");
+    assert!(stats.batches >= 7 && stats.batches < 20, "{stats:?}");
 
     let mut raw = raw(dir.path()).await;
     for (sid, pick) in [(a, 1u64), (b, 0u64)] {
         let seqs: Vec<u64> = chain_of(&mut raw, sid)
             .await
             .iter()
+            .skip(1)
             .map(|(_, body, _, _)| body_seq(body))
             .collect();
         let expected: Vec<u64> = (1..=100u64)
@@ -177,6 +186,7 @@ async fn full_sync_mode_works_and_chains_continue_after_reopen() {
     let opts = StoreOptions {
         sync: SyncMode::Full,
         max_batch: 64,
+        ..StoreOptions::default()
     };
     let id = Uuid::new_v4();
     let store = Store::open(&url, opts).await.unwrap();
@@ -525,15 +535,25 @@ async fn verify_reports_sessions_whose_events_are_all_gone() {
     store.close().await;
 }
 
+/// A broken SQLite index does not lose events (the journal has them), but
+/// reads say so, and once too much waits to be indexed appends are refused:
+/// the gateway fails closed instead of filling the disk.
 #[tokio::test]
-async fn a_failing_writer_refuses_appends() {
+async fn a_broken_index_is_reported_and_refuses_appends_once_too_far_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let opts = StoreOptions {
+        sync: SyncMode::Normal,
+        max_unindexed_bytes: 4096,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&url, opts).await.unwrap();
     let id = Uuid::new_v4();
     store
         .append(ev(id, 1, start("alice", "prod-pg")))
         .await
         .unwrap();
+    store.flush().await.unwrap();
 
     let mut raw = raw(dir.path()).await;
     sqlx::query("DROP TABLE events")
@@ -541,18 +561,100 @@ async fn a_failing_writer_refuses_appends() {
         .await
         .unwrap();
 
-    let err = store
+    // Journaled, so accepted; the index cannot take it.
+    store
         .append(ev(id, 2, command(1, "SELECT 1", Verdict::Allow)))
         .await
-        .expect_err("a write that cannot be committed must be refused");
-    assert!(err.to_string().contains("audit store"), "{err}");
-    // Every event of a failed batch is refused, not just the first.
-    let results = join_all((3..10).map(|t| store.append(ev(id, t, end(0))))).await;
-    assert!(results.iter().all(Result::is_err));
-    assert!(store.stats().failed_batches >= 2);
-    // The writer survives a failed batch and stays ready for the next.
-    assert!(store.is_writable());
+        .unwrap();
+    let err = store.flush().await.expect_err("the index is broken");
+    assert!(matches!(err, StoreError::IndexBehind(_)), "{err}");
+    assert!(store.stats().failed_batches >= 1);
+    let err = store
+        .verify()
+        .await
+        .expect_err("reads say the index is behind");
+    assert!(err.to_string().contains("behind"), "{err}");
+
+    // Past 4 kB of unindexed journal every append is refused.
+    let mut refused = None;
+    for t in 3..100 {
+        let big = command(t as u64, &"x".repeat(500), Verdict::Allow);
+        if let Err(e) = store.append(ev(id, t, big)).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("appends must be refused once the index is too far behind");
+    assert!(err.to_string().contains("behind"), "{err}");
+    assert!(store.is_writable(), "the journal itself is fine");
     store.close().await;
+}
+
+/// Events journaled but never indexed (the process died first) are indexed
+/// when the store opens again; a torn last line is dropped.
+#[test]
+fn events_left_in_the_journal_are_indexed_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let opts = StoreOptions {
+        sync: SyncMode::Full,
+        ..StoreOptions::default()
+    };
+    let id = Uuid::new_v4();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (journal_dir, mut blocker) = rt.block_on(async {
+        let store = Store::open(&url, opts).await.unwrap();
+        // Another connection holds SQLite's write lock, so the indexer
+        // cannot commit anything: the events live only in the journal.
+        let mut blocker = raw(dir.path()).await;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        session(&store, id, "alice", 1_000, 3).await;
+        let journal_dir = store.journal_dir().to_owned();
+        std::mem::forget(store);
+        (journal_dir, blocker)
+    });
+    // The process "dies": its tasks vanish without closing anything.
+    rt.shutdown_background();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+        let segments: Vec<_> = std::fs::read_dir(&journal_dir).unwrap().collect();
+        assert_eq!(segments.len(), 1, "one segment left behind");
+        let seg = segments[0].as_ref().unwrap().path();
+        // A write cut short by the crash.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"sid\":\"torn").unwrap();
+
+        let store = Store::open(&url, opts).await.unwrap();
+        let detail = store.get_session(&id.to_string()).await.unwrap().unwrap();
+        assert_eq!(detail.commands.len(), 3);
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 8);
+        assert!(!seg.exists(), "a replayed segment is deleted");
+        // The chain goes on from the replayed head.
+        store
+            .append(ev(
+                id,
+                9_999,
+                EventBody::ApprovalDecided {
+                    request_id: Uuid::new_v4(),
+                    status: "expired".into(),
+                    reviewer: None,
+                    decision: None,
+                    comment: None,
+                },
+            ))
+            .await
+            .unwrap();
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 9);
+        store.close().await;
+    });
 }
 
 #[tokio::test]

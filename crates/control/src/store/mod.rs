@@ -1,18 +1,25 @@
-//! The audit store: SQLite, one group-committing writer, hash-chained events.
+//! The audit store: an append-only journal on the hot path, indexed into
+//! SQLite for reading; events hash-chained per session.
 //!
 //! Every audit event goes through [`Store::append`] (the pipeline's
-//! [`AuditSink`]) to a single writer task that owns one dedicated connection;
-//! reads use a small separate pool of read-only connections, so listing
-//! sessions never waits behind a commit. See [`writer`] for group commit and
-//! [`chain`] for the hash chain that `verify` checks.
+//! [`AuditSink`]): it is chained and written to the [`journal`] (and, with
+//! `sync = "full"`, fsynced by a group commit) before the append resolves,
+//! which is what "recorded before forwarded" waits for. The [`indexer`]
+//! copies the journal into SQLite in batches, off the commands' path; reads
+//! (`list_sessions`, `get_session`, `verify`) first wait for it to catch up,
+//! so they always see every event appended before them. Reads use a small
+//! pool of read-only connections. See [`chain`] for the hash chain that
+//! `verify` checks.
 
 mod chain;
+mod indexer;
+mod journal;
 mod query;
 mod schema;
 pub mod types;
-mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,13 +28,13 @@ use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use chain::{ChainInput, GENESIS, event_hash};
 pub use types::*;
 
-use writer::{PendingEvent, Stats, Writer, WriterMsg};
+use indexer::{IndexCtl, Indexer, Stats};
+use journal::{Appended, Head, Journal, JournalOptions, PendingEvent, SlowEvent};
 
 /// How long a connection waits for a lock held by another before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,26 +44,35 @@ const READ_POOL_SIZE: u32 = 4;
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
-    /// `synchronous=FULL`: every group commit is fsynced; survives power loss.
+    /// Every journal group commit is fdatasynced before its commands go
+    /// upstream; survives power loss.
     #[default]
     Full,
-    /// WAL with `synchronous=NORMAL`: survives a crash of the process, but the
-    /// last commits may be lost if the machine loses power.
+    /// The journal is written (to the OS) before commands go upstream, but
+    /// not fsynced: survives a crash of Airlock, but the last events may be
+    /// lost if the machine itself goes down.
     Normal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     pub sync: SyncMode,
-    /// Most events written in one transaction.
+    /// Most events indexed into SQLite in one transaction.
     pub max_batch: usize,
+    /// A journal segment is sealed and a new one started past this size.
+    pub max_segment_bytes: u64,
+    /// New events are refused (commands fail closed) while more than this
+    /// many journal bytes wait to be indexed, e.g. because SQLite is broken.
+    pub max_unindexed_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             sync: SyncMode::Full,
-            max_batch: 512,
+            max_batch: 2048,
+            max_segment_bytes: 64 << 20,
+            max_unindexed_bytes: 1 << 30,
         }
     }
 }
@@ -78,6 +94,15 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("the audit store is closed")]
     Closed,
+    #[error("audit journal {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the audit index is behind the journal: {0}")]
+    IndexBehind(String),
+    #[error("the audit journal holds a damaged event: {0}")]
+    Corrupt(String),
 }
 
 /// Handle to the store. Cloning is cheap; every clone feeds the same writer.
@@ -87,15 +112,13 @@ pub struct Store {
 }
 
 struct Inner {
-    /// Unbounded because `append` must enqueue synchronously to fix event
-    /// order, and because it is bounded in practice anyway: each session
-    /// awaits its record before forwarding, so at most a few events per
-    /// session are ever in flight.
-    tx: mpsc::UnboundedSender<WriterMsg>,
+    journal: Arc<Journal>,
+    index: Arc<IndexCtl>,
     pool: SqlitePool,
     path: PathBuf,
     stats: Arc<Stats>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    indexer: Mutex<Option<JoinHandle<()>>>,
+    slow_lane: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -126,8 +149,9 @@ fn parse_url(url: &str) -> Result<PathBuf, StoreError> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `url` and starts its writer.
-    /// Must be called inside a Tokio runtime.
+    /// Opens (creating if needed) the store at `url`, indexes whatever an
+    /// earlier run left in the journal, and starts the journal and the
+    /// indexer. Must be called inside a Tokio runtime.
     pub async fn open(url: &str, opts: StoreOptions) -> Result<Store, StoreError> {
         let path = parse_url(url)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -138,6 +162,16 @@ impl Store {
                     source,
                 })?;
         }
+        let journal_dir = journal_dir(&path);
+        tokio::fs::create_dir_all(&journal_dir)
+            .await
+            .map_err(|source| StoreError::CreateDir {
+                path: journal_dir.clone(),
+                source,
+            })?;
+        // The index commits durably when the journal does: the journal
+        // segments are deleted once the index has them, so an index commit
+        // lost to a power cut would lose those events.
         let synchronous = match opts.sync {
             SyncMode::Full => SqliteSynchronous::Full,
             SyncMode::Normal => SqliteSynchronous::Normal,
@@ -159,16 +193,42 @@ impl Store {
             .max_connections(READ_POOL_SIZE)
             .connect_with(base.read_only(true))
             .await?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        let writer = tokio::spawn(Writer::new(conn, rx, opts.max_batch, stats.clone()).run());
+        let mut indexer =
+            Indexer::open(conn, journal_dir.clone(), opts.max_batch, stats.clone()).await?;
+        let segment = indexer.replay().await?;
+        let (lane_tx, lane_rx) = tokio::sync::mpsc::unbounded_channel();
+        let journal = Journal::open(
+            &journal_dir,
+            segment,
+            JournalOptions {
+                sync: opts.sync,
+                max_segment_bytes: opts.max_segment_bytes.max(1),
+                max_unindexed_bytes: opts.max_unindexed_bytes,
+            },
+            lane_tx,
+        )
+        .map_err(|source| StoreError::Journal {
+            path: journal_dir.clone(),
+            source,
+        })?;
+        let index = IndexCtl::new(indexer.pos());
+        let task = tokio::spawn(indexer.run(journal.clone(), index.clone()));
+        let lane = tokio::spawn(slow_lane(
+            lane_rx,
+            journal.clone(),
+            index.clone(),
+            pool.clone(),
+        ));
         Ok(Store {
             inner: Arc::new(Inner {
-                tx,
+                journal,
+                index,
                 pool,
                 path,
                 stats,
-                writer: Mutex::new(Some(writer)),
+                indexer: Mutex::new(Some(task)),
+                slow_lane: Mutex::new(Some(lane)),
             }),
         })
     }
@@ -178,12 +238,17 @@ impl Store {
         &self.inner.path
     }
 
-    /// False once the writer has stopped (closed, or died): appends now fail.
-    pub fn is_writable(&self) -> bool {
-        !self.inner.tx.is_closed()
+    /// The journal's directory.
+    pub fn journal_dir(&self) -> &Path {
+        self.inner.journal.dir()
     }
 
-    /// Writer counters since open.
+    /// False once the store was closed or the journal failed: appends now fail.
+    pub fn is_writable(&self) -> bool {
+        self.inner.journal.is_open()
+    }
+
+    /// Counters since open.
     pub fn stats(&self) -> StoreStats {
         self.inner.stats.snapshot()
     }
@@ -192,32 +257,98 @@ impl Store {
         &self.inner.pool
     }
 
-    /// Resolves once every event appended before the call is committed (or refused).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.inner
-            .tx
-            .send(WriterMsg::Flush(done))
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)
+    /// Waits until SQLite holds every event appended before the call.
+    /// Every read of events goes through this first.
+    pub(crate) async fn caught_up(&self) -> Result<(), StoreError> {
+        self.inner.index.caught_up(&self.inner.journal).await
     }
 
-    /// Graceful shutdown: refuses new events, commits every event already
-    /// queued, stops the writer and closes the read pool. Later appends and
-    /// queries fail. Calling it again is harmless.
-    pub async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.inner.tx.send(WriterMsg::Close(done)).is_ok() {
-            let _ = wait.await;
+    /// Resolves once every event appended before the call is durable in the
+    /// journal and indexed into SQLite.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        if !self.inner.journal.is_open() {
+            return Err(StoreError::Closed);
         }
-        let handle = self.inner.writer.lock().ok().and_then(|mut w| w.take());
+        let pos = self.inner.journal.written_pos();
+        self.inner
+            .journal
+            .wait_durable(pos)
+            .await
+            .map_err(StoreError::IndexBehind)?;
+        self.caught_up().await
+    }
+
+    /// Graceful shutdown: refuses new events, writes the ones already
+    /// accepted, syncs the journal, indexes everything in it, stops the
+    /// indexer and closes the read pool. Later appends and queries fail.
+    /// Calling it again is harmless.
+    pub async fn close(&self) {
+        self.inner.journal.stop_accepting();
+        let lane = self.inner.slow_lane.lock().ok().and_then(|mut w| w.take());
+        if let Some(lane) = lane
+            && let Err(e) = lane.await
+        {
+            tracing::error!(error = %e, "audit slow lane failed");
+        }
+        self.inner.journal.close().await;
+        self.inner.index.close();
+        let handle = self.inner.indexer.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle
             && let Err(e) = handle.await
         {
-            tracing::error!(error = %e, "audit writer task failed");
+            tracing::error!(error = %e, "audit indexer task failed");
         }
         self.inner.pool.close().await;
     }
+}
+
+/// Writes, one at a time and in the order they were appended, the events
+/// whose chain head was not in memory: waits for the index to hold every
+/// earlier event, reads the head from it, and appends after it.
+async fn slow_lane(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<SlowEvent>,
+    journal: Arc<Journal>,
+    index: Arc<IndexCtl>,
+    pool: SqlitePool,
+) {
+    while let Some((ev, ack)) = events.recv().await {
+        let head = match index.caught_up(&journal).await {
+            Ok(()) => load_head(&pool, &ev.session_id)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let outcome = match head {
+            Ok(head) => match journal.append_slow(&ev, head) {
+                Ok(pos) => journal.wait_durable(pos).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => {
+                journal.slow_failed(&ev.session_id);
+                Err(format!("cannot read the audit chain head: {e}"))
+            }
+        };
+        let _ = ack.send(outcome);
+    }
+}
+
+/// The journal lives beside the database file.
+fn journal_dir(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal.d");
+    db.with_file_name(name)
+}
+
+async fn load_head(pool: &SqlitePool, session_id: &str) -> Result<Head, sqlx::Error> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT last_seq, last_hash FROM session_heads WHERE session_id = ?")
+            .bind(session_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        Some((seq, hash)) => Head { seq, hash },
+        None => Head::genesis(),
+    })
 }
 
 impl AuditSink for Store {
@@ -229,28 +360,40 @@ impl AuditSink for Store {
                 return Box::pin(std::future::ready(Err(err)));
             }
         };
-        let pending = Box::new(PendingEvent {
+        let pending = PendingEvent {
             session_id: event.session_id.hyphenated().to_string(),
             at_us: event.at_us,
             kind: event.body.kind(),
             body_json,
-            body: event.body,
-        });
-        let (ack, acked) = oneshot::channel();
-        // Sending here, not inside the future, fixes the order of events at
-        // the call: a caller that drops the future still gets its event
-        // written, after the ones it appended earlier.
-        if self.inner.tx.send(WriterMsg::Append(pending, ack)).is_err() {
-            let err = RecordError::Unavailable("the audit store is closed".into());
-            return Box::pin(std::future::ready(Err(err)));
+        };
+        // Written here, not inside the future, which fixes the order of a
+        // session's events at the call: a caller that drops the future still
+        // gets its event written, after the ones it appended earlier.
+        match self.inner.journal.append(pending) {
+            Appended::Written(pos) => {
+                self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
+                let journal = self.inner.journal.clone();
+                Box::pin(async move {
+                    journal
+                        .wait_durable(pos)
+                        .await
+                        .map_err(RecordError::Unavailable)
+                })
+            }
+            // Rare: an event after its session ended, or after a restart.
+            Appended::Queued(outcome) => {
+                self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
+                Box::pin(async move {
+                    outcome
+                        .await
+                        .unwrap_or_else(|_| Err("the audit store stopped".into()))
+                        .map_err(RecordError::Unavailable)
+                })
+            }
+            Appended::Refused(msg) => {
+                Box::pin(std::future::ready(Err(RecordError::Unavailable(msg))))
+            }
         }
-        Box::pin(async move {
-            acked.await.unwrap_or_else(|_| {
-                Err(RecordError::Unavailable(
-                    "the audit writer stopped before committing".into(),
-                ))
-            })
-        })
     }
 }
 

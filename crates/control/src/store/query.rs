@@ -69,6 +69,7 @@ impl Store {
         &self,
         filter: &SessionFilter,
     ) -> Result<Vec<SessionSummary>, StoreError> {
+        self.caught_up().await?;
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
             "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE 1 = 1"
         ));
@@ -106,6 +107,7 @@ impl Store {
         identity: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
+        self.caught_up().await?;
         let low = prefix.to_ascii_lowercase();
         // A range on the primary key instead of LIKE: no wildcard escaping,
         // and the index is used. Session ids are ASCII, all below DEL.
@@ -127,6 +129,7 @@ impl Store {
 
     /// One session with its timeline, or `None` if it is not in the store.
     pub async fn get_session(&self, session_id: &str) -> Result<Option<SessionDetail>, StoreError> {
+        self.caught_up().await?;
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {SUMMARY_COLUMNS} FROM sessions WHERE session_id = ?"
@@ -161,6 +164,7 @@ impl Store {
     /// events, broken links, missing events, and tails missing according to
     /// `session_heads`.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.caught_up().await?;
         // One read transaction, so the heads and the events come from the
         // same snapshot even while the writer keeps committing.
         let mut tx = self.pool().begin().await?;

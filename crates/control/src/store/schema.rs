@@ -9,10 +9,10 @@ use sqlx::SqliteConnection;
 use super::StoreError;
 
 /// `(version, statements)`; append new versions, never edit applied ones.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The newest schema this binary understands.
-pub const CURRENT_VERSION: i64 = 2;
+pub const CURRENT_VERSION: i64 = 3;
 
 const V1: &str = r#"
 CREATE TABLE events (
@@ -112,6 +112,19 @@ CREATE TABLE notify_deliveries (
 );
 
 CREATE INDEX notify_deliveries_approval ON notify_deliveries (approval_id, at_us);
+"#;
+
+/// Where the indexer has got to in the audit journal: every event before
+/// (segment, offset) is in `events`. One row, moved in the same transaction
+/// as the events it covers.
+const V3: &str = r#"
+CREATE TABLE journal_checkpoint (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    segment INTEGER NOT NULL,
+    offset  INTEGER NOT NULL
+);
+
+INSERT INTO journal_checkpoint (id, segment, offset) VALUES (1, 1, 0);
 "#;
 
 /// Brings the schema up to [`CURRENT_VERSION`].

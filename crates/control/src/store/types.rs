@@ -161,15 +161,17 @@ pub struct Problem {
     pub problem: String,
 }
 
-/// Counters about the writer, for tests and diagnostics.
+/// Counters about the journal and the indexer, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
-    /// Transactions committed.
-    pub batches: u64,
-    /// Events committed.
+    /// Events written to the journal (each one durable before its append returned).
     pub events: u64,
-    /// Largest number of events committed in one transaction.
+    /// SQLite transactions the indexer committed.
+    pub batches: u64,
+    /// Events the indexer copied into SQLite.
+    pub indexed_events: u64,
+    /// Largest number of events indexed in one transaction.
     pub max_batch: u64,
-    /// Batches that failed and were refused.
+    /// Index transactions that failed (and were retried).
     pub failed_batches: u64,
 }

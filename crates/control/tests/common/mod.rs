@@ -22,6 +22,7 @@ pub async fn open_with(dir: &Path, max_batch: usize) -> Store {
             // Normal keeps the suite quick; Full is exercised in its own test.
             sync: SyncMode::Normal,
             max_batch,
+            ..StoreOptions::default()
         },
     )
     .await

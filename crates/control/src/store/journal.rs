@@ -1,0 +1,823 @@
+//! The audit journal: the append-only file every event is written to before
+//! its command may go upstream.
+//!
+//! SQLite is too slow to sit on every statement's path (one transaction costs
+//! 0.2–0.7 ms here), so the durable record of an event is one line appended
+//! to a segment file; the [`indexer`](super::indexer) copies the lines into
+//! SQLite in large batches shortly after. An append:
+//!
+//! 1. takes the journal lock, extends the session's hash chain from the head
+//!    kept in memory, and `write`s the line (the lock fixes one order for
+//!    the file, the chains and the indexer);
+//! 2. with `sync = "normal"` is done: the line is in the OS and survives a
+//!    crash of Airlock;
+//! 3. with `sync = "full"` waits for the syncer thread's next `fdatasync`,
+//!    which covers every line written before it started: group commit with
+//!    no timer, so one session waits one fsync and many share it.
+//!
+//! A failed write is undone by truncating the segment back; a failed fsync
+//! poisons the journal (after one, the kernel no longer says which writes
+//! reached the disk), and every later append is refused: fail closed.
+//!
+//! Segments are `NNNNNNNNNNNNNNNNNNNN.log` in one directory, rotated at a size
+//! limit and deleted by the indexer once all their events are in SQLite.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use super::SyncMode;
+use super::chain::{ChainInput, GENESIS, event_hash};
+
+/// An event serialised by the appender, so JSON work happens on the
+/// caller's thread and the journal lock covers only chaining and the write.
+pub(crate) struct PendingEvent {
+    pub session_id: String,
+    pub at_us: i64,
+    pub kind: &'static str,
+    pub body_json: String,
+}
+
+impl PendingEvent {
+    /// The first event of a session's chain needs no head from anywhere.
+    fn starts_chain(&self) -> bool {
+        matches!(self.kind, "session_start" | "auth_failed")
+    }
+
+    /// After these a session appends rarely, so its head leaves memory.
+    fn ends_chain(&self) -> bool {
+        matches!(self.kind, "session_end" | "auth_failed")
+    }
+}
+
+/// A place in the journal: segment number, then byte offset in it. Ordered,
+/// so "everything up to here" is one comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Pos {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// The last event of a session's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl Head {
+    pub fn genesis() -> Head {
+        Head {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        }
+    }
+}
+
+/// What the syncer has made durable (with `sync = "full"`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durable {
+    pub upto: Pos,
+    /// Set once an fsync failed; nothing after `upto` will ever be durable.
+    pub error: Option<Arc<str>>,
+}
+
+/// What became of an append.
+#[derive(Debug)]
+pub(crate) enum Appended {
+    /// Written; ends at this place.
+    Written(Pos),
+    /// The session's chain head is not in memory (its session ended, or the
+    /// gateway restarted), so the event went to the slow lane, which reads
+    /// the head from SQLite and writes it; the receiver gets the outcome.
+    Queued(oneshot::Receiver<Result<(), String>>),
+    /// Refused; the caller must not forward its command.
+    Refused(String),
+}
+
+/// An event waiting in the slow lane, with where to report its outcome.
+pub(crate) type SlowEvent = (PendingEvent, oneshot::Sender<Result<(), String>>);
+
+/// Past this many cached chain heads the cache is cleared; heads of live
+/// sessions are then read back from SQLite on their next event.
+const MAX_CACHED_HEADS: usize = 100_000;
+
+pub(crate) struct JournalOptions {
+    pub sync: SyncMode,
+    /// A segment is sealed and a new one started past this size.
+    pub max_segment_bytes: u64,
+    /// Appends are refused while more than this many bytes wait to be
+    /// indexed, so a broken SQLite cannot fill the disk unnoticed.
+    pub max_unindexed_bytes: u64,
+}
+
+pub(crate) struct Journal {
+    dir: PathBuf,
+    opts: JournalOptions,
+    state: Mutex<State>,
+    /// Wakes the syncer when there is something new to sync, or on close.
+    sync_wanted: Condvar,
+    durable: watch::Sender<Durable>,
+    /// Wakes the indexer when lines were written.
+    pub written: Notify,
+    /// Bytes ever written and bytes the indexer has committed, for back pressure.
+    indexed_bytes: AtomicU64,
+    syncer: Mutex<Option<JoinHandle<()>>>,
+    metrics: Metrics,
+}
+
+struct State {
+    file: Arc<File>,
+    pos: Pos,
+    written_bytes: u64,
+    heads: HashMap<String, Head>,
+    /// Sessions with events in the slow lane: their later events queue
+    /// behind them, so a session's events keep the order of the calls.
+    slow: HashMap<String, usize>,
+    /// `None` once the store stops accepting events.
+    slow_lane: Option<mpsc::UnboundedSender<SlowEvent>>,
+    line: Vec<u8>,
+    /// The syncer finishes its last sync and exits.
+    stopping: bool,
+    poisoned: Option<Arc<str>>,
+}
+
+struct Metrics {
+    append_seconds: metrics::Histogram,
+    sync_seconds: metrics::Histogram,
+    events: metrics::Counter,
+    bytes: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+impl Metrics {
+    fn register() -> Self {
+        metrics::describe_histogram!(
+            "airlock_journal_sync_seconds",
+            metrics::Unit::Seconds,
+            "Time of one fdatasync of the audit journal (sync = \"full\"); each covers every event written before it"
+        );
+        metrics::describe_histogram!(
+            "airlock_journal_append_seconds",
+            metrics::Unit::Seconds,
+            "Time to chain and write one audit event to the journal, lock wait included"
+        );
+        metrics::describe_counter!(
+            "airlock_journal_events_total",
+            metrics::Unit::Count,
+            "Audit events written to the journal"
+        );
+        metrics::describe_counter!(
+            "airlock_journal_bytes_total",
+            metrics::Unit::Bytes,
+            "Bytes written to the audit journal"
+        );
+        metrics::describe_counter!(
+            "airlock_journal_errors_total",
+            metrics::Unit::Count,
+            "Audit events refused by the journal (write or sync failure, index too far behind, closed)"
+        );
+        Metrics {
+            append_seconds: metrics::histogram!("airlock_journal_append_seconds"),
+            sync_seconds: metrics::histogram!("airlock_journal_sync_seconds"),
+            events: metrics::counter!("airlock_journal_events_total"),
+            bytes: metrics::counter!("airlock_journal_bytes_total"),
+            errors: metrics::counter!("airlock_journal_errors_total"),
+        }
+    }
+}
+
+/// The file of segment `n`.
+pub(crate) fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:020}.log"))
+}
+
+/// Segment numbers present in `dir`, ascending.
+pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            found.push(n);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Makes a new directory entry durable (needed after creating a segment).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn create_segment(dir: &Path, n: u64, sync: SyncMode) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(segment_path(dir, n))?;
+    if sync == SyncMode::Full {
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
+impl Journal {
+    /// Starts a new, empty segment `segment` in `dir` (the caller has replayed
+    /// and removed older ones) and, with `sync = "full"`, the syncer thread.
+    /// Events whose chain head is not in memory go to `slow_lane`.
+    pub fn open(
+        dir: &Path,
+        segment: u64,
+        opts: JournalOptions,
+        slow_lane: mpsc::UnboundedSender<SlowEvent>,
+    ) -> std::io::Result<Arc<Journal>> {
+        let file = create_segment(dir, segment, opts.sync)?;
+        let journal = Arc::new(Journal {
+            dir: dir.to_owned(),
+            state: Mutex::new(State {
+                file: Arc::new(file),
+                pos: Pos { segment, offset: 0 },
+                written_bytes: 0,
+                heads: HashMap::new(),
+                slow: HashMap::new(),
+                slow_lane: Some(slow_lane),
+                line: Vec::with_capacity(4096),
+                stopping: false,
+                poisoned: None,
+            }),
+            sync_wanted: Condvar::new(),
+            durable: watch::Sender::new(Durable {
+                upto: Pos { segment, offset: 0 },
+                error: None,
+            }),
+            written: Notify::new(),
+            indexed_bytes: AtomicU64::new(0),
+            syncer: Mutex::new(None),
+            metrics: Metrics::register(),
+            opts,
+        });
+        if journal.opts.sync == SyncMode::Full {
+            let j = journal.clone();
+            let handle = std::thread::Builder::new()
+                .name("airlock-journal-sync".into())
+                .spawn(move || j.sync_loop())?;
+            *journal.syncer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        }
+        Ok(journal)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written line
+        // recorded as written (the position moves only after the write), so
+        // the state stays usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The end of what has been written so far.
+    pub fn written_pos(&self) -> Pos {
+        self.lock().pos
+    }
+
+    pub fn is_open(&self) -> bool {
+        let st = self.lock();
+        st.slow_lane.is_some() && st.poisoned.is_none()
+    }
+
+    /// Called by the indexer after each commit.
+    pub fn add_indexed_bytes(&self, n: u64) {
+        self.indexed_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Chains and writes one event (or queues it in the slow lane). With
+    /// `sync = "full"` the caller then waits for [`Journal::wait_durable`].
+    pub fn append(&self, ev: PendingEvent) -> Appended {
+        let started = std::time::Instant::now();
+        let mut st = self.lock();
+        let Some(lane) = &st.slow_lane else {
+            drop(st);
+            self.metrics.errors.increment(1);
+            return Appended::Refused("the audit store is closed".into());
+        };
+        if let Err(refused) = self.admissible(&st) {
+            drop(st);
+            self.metrics.errors.increment(1);
+            return Appended::Refused(refused);
+        }
+        let head = match st.heads.get(&ev.session_id) {
+            _ if st.slow.contains_key(&ev.session_id) => None,
+            Some(h) => Some(h.clone()),
+            None if ev.starts_chain() => Some(Head::genesis()),
+            None => None,
+        };
+        let Some(prev) = head else {
+            let (ack, outcome) = oneshot::channel();
+            let sid = ev.session_id.clone();
+            if lane.send((ev, ack)).is_err() {
+                return Appended::Refused("the audit store is closed".into());
+            }
+            *st.slow.entry(sid).or_default() += 1;
+            return Appended::Queued(outcome);
+        };
+        let result = self.write_event(&mut st, &ev, prev);
+        drop(st);
+        match result {
+            Ok(pos) => {
+                self.wrote(started);
+                Appended::Written(pos)
+            }
+            Err(e) => {
+                self.metrics.errors.increment(1);
+                Appended::Refused(e)
+            }
+        }
+    }
+
+    /// The slow lane's append: `stored` is the head read from SQLite after
+    /// the index caught up (a head in memory, if any, is newer and wins).
+    pub fn append_slow(&self, ev: &PendingEvent, stored: Head) -> Result<Pos, String> {
+        let started = std::time::Instant::now();
+        let mut st = self.lock();
+        if let Some(n) = st.slow.get_mut(&ev.session_id) {
+            *n -= 1;
+            if *n == 0 {
+                st.slow.remove(&ev.session_id);
+            }
+        }
+        let result = match self.admissible(&st) {
+            Ok(()) => {
+                let prev = st.heads.get(&ev.session_id).cloned().unwrap_or(stored);
+                self.write_event(&mut st, ev, prev)
+            }
+            Err(refused) => Err(refused),
+        };
+        drop(st);
+        match &result {
+            Ok(_) => self.wrote(started),
+            Err(_) => self.metrics.errors.increment(1),
+        }
+        result
+    }
+
+    /// A slow-lane event that failed before reaching [`Journal::append_slow`].
+    pub fn slow_failed(&self, session_id: &str) {
+        let mut st = self.lock();
+        if let Some(n) = st.slow.get_mut(session_id) {
+            *n -= 1;
+            if *n == 0 {
+                st.slow.remove(session_id);
+            }
+        }
+    }
+
+    /// Whether a write may happen now: not poisoned, index not too far behind.
+    fn admissible(&self, st: &State) -> Result<(), String> {
+        if let Some(err) = &st.poisoned {
+            return Err(format!(
+                "the audit journal failed and refuses writes until Airlock restarts: {err}"
+            ));
+        }
+        let behind = st
+            .written_bytes
+            .saturating_sub(self.indexed_bytes.load(Ordering::Relaxed));
+        if behind > self.opts.max_unindexed_bytes {
+            return Err(format!(
+                "the audit store is {} MiB behind indexing the journal; refusing new events until it catches up",
+                behind >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    /// Metrics and wake-ups after a write (outside the lock).
+    fn wrote(&self, started: std::time::Instant) {
+        self.metrics.events.increment(1);
+        self.metrics
+            .append_seconds
+            .record(started.elapsed().as_secs_f64());
+        if self.opts.sync == SyncMode::Full {
+            self.sync_wanted.notify_one();
+        }
+        self.written.notify_one();
+    }
+
+    /// Chains `ev` after `prev` and writes it. Called with the lock held.
+    fn write_event(&self, st: &mut State, ev: &PendingEvent, prev: Head) -> Result<Pos, String> {
+        let seq = prev.seq + 1;
+        let hash = event_hash(&ChainInput {
+            prev_hash: &prev.hash,
+            session_id: &ev.session_id,
+            seq,
+            at_us: ev.at_us,
+            kind: ev.kind,
+            body: &ev.body_json,
+        });
+        let mut line = std::mem::take(&mut st.line);
+        line.clear();
+        encode_line(&mut line, ev, seq, &prev.hash, &hash);
+        let written = self.write_line(st, &line);
+        st.line = line;
+        let n = written?;
+        st.pos.offset += n;
+        st.written_bytes += n;
+        self.metrics.bytes.increment(n);
+        if ev.ends_chain() {
+            st.heads.remove(&ev.session_id);
+        } else {
+            if st.heads.len() >= MAX_CACHED_HEADS {
+                st.heads.clear();
+            }
+            st.heads.insert(ev.session_id.clone(), Head { seq, hash });
+        }
+        Ok(st.pos)
+    }
+
+    /// Writes one whole line at the end of the current segment, rotating
+    /// first if it would grow past the limit.
+    fn write_line(&self, st: &mut State, line: &[u8]) -> Result<u64, String> {
+        if st.pos.offset > 0 && st.pos.offset + line.len() as u64 > self.opts.max_segment_bytes {
+            self.rotate(st)?;
+        }
+        let mut file: &File = &st.file;
+        if let Err(e) = file.write_all(line) {
+            // A partial line would corrupt the segment for the indexer and
+            // for recovery: cut it off, or stop writing altogether.
+            if let Err(trunc) = st.file.set_len(st.pos.offset) {
+                let msg: Arc<str> =
+                    format!("write failed ({e}) and could not be undone ({trunc})").into();
+                tracing::error!(error = %msg, "audit journal poisoned");
+                st.poisoned = Some(msg);
+            }
+            return Err(format!("cannot write the audit journal: {e}"));
+        }
+        Ok(line.len() as u64)
+    }
+
+    /// Seals the current segment and starts the next. With `sync = "full"`
+    /// the sealed segment is synced here, so the syncer only ever has to
+    /// sync the current file.
+    fn rotate(&self, st: &mut State) -> Result<(), String> {
+        let fail = |st: &mut State, what: String| {
+            let msg: Arc<str> = what.into();
+            tracing::error!(error = %msg, "audit journal poisoned");
+            st.poisoned = Some(msg.clone());
+            self.durable.send_modify(|d| d.error = Some(msg.clone()));
+            format!("audit journal failed: {msg}")
+        };
+        if self.opts.sync == SyncMode::Full
+            && let Err(e) = st.file.sync_data()
+        {
+            return Err(fail(st, format!("fsync of a sealed segment failed: {e}")));
+        }
+        let next = st.pos.segment + 1;
+        match create_segment(&self.dir, next, self.opts.sync) {
+            Ok(file) => {
+                st.file = Arc::new(file);
+                st.pos = Pos {
+                    segment: next,
+                    offset: 0,
+                };
+                if self.opts.sync == SyncMode::Full {
+                    // Everything in the sealed segment is durable now.
+                    self.durable.send_modify(|d| {
+                        d.upto = d.upto.max(Pos {
+                            segment: next,
+                            offset: 0,
+                        })
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => Err(fail(st, format!("cannot start a new segment: {e}"))),
+        }
+    }
+
+    /// Resolves once everything up to `pos` is on disk (immediately with
+    /// `sync = "normal"`).
+    pub async fn wait_durable(&self, pos: Pos) -> Result<(), String> {
+        if self.opts.sync == SyncMode::Normal {
+            return Ok(());
+        }
+        let mut rx = self.durable.subscribe();
+        let state = rx
+            .wait_for(|d| d.upto >= pos || d.error.is_some())
+            .await
+            .map_err(|_| "the audit journal stopped".to_owned())?;
+        if state.upto >= pos {
+            Ok(())
+        } else {
+            Err(format!(
+                "the audit journal could not be synced: {}",
+                state.error.as_deref().unwrap_or("unknown error")
+            ))
+        }
+    }
+
+    /// The syncer: whenever something was written past the last sync, sync
+    /// the current segment once and publish how far that reached.
+    fn sync_loop(&self) {
+        let mut synced = self.durable.borrow().upto;
+        loop {
+            let (file, target) = {
+                let mut st = self.lock();
+                while st.pos <= synced && !st.stopping && st.poisoned.is_none() {
+                    st = self.sync_wanted.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if st.poisoned.is_some() || (st.stopping && st.pos <= synced) {
+                    return;
+                }
+                (st.file.clone(), st.pos)
+            };
+            let started = std::time::Instant::now();
+            match file.sync_data() {
+                Ok(()) => {
+                    self.metrics
+                        .sync_seconds
+                        .record(started.elapsed().as_secs_f64());
+                    synced = target;
+                    self.durable.send_modify(|d| d.upto = d.upto.max(target));
+                }
+                Err(e) => {
+                    let msg: Arc<str> = format!("fdatasync failed: {e}").into();
+                    tracing::error!(error = %msg, "audit journal poisoned; refusing every command from now on");
+                    self.lock().poisoned = Some(msg.clone());
+                    self.durable.send_modify(|d| d.error = Some(msg));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses new appends from now on; the slow lane drains what it has.
+    pub fn stop_accepting(&self) {
+        self.lock().slow_lane = None;
+    }
+
+    /// After [`Journal::stop_accepting`] and the slow lane's end: makes what
+    /// was written durable and stops the syncer. Idempotent.
+    pub async fn close(self: &Arc<Self>) {
+        {
+            let mut st = self.lock();
+            st.slow_lane = None;
+            st.stopping = true;
+        }
+        self.sync_wanted.notify_all();
+        let handle = self.syncer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        self.written.notify_one();
+    }
+}
+
+/// One journal line: the chained columns of an event as a JSON object, with
+/// the event body embedded verbatim (its exact text is what the hash covers).
+/// The other fields are ASCII that needs no escaping: a UUID, a snake_case
+/// kind, integers and hex digests.
+fn encode_line(out: &mut Vec<u8>, ev: &PendingEvent, seq: i64, prev: &str, hash: &str) {
+    out.extend_from_slice(b"{\"sid\":\"");
+    out.extend_from_slice(ev.session_id.as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"at\":");
+    out.extend_from_slice(ev.at_us.to_string().as_bytes());
+    out.extend_from_slice(b",\"kind\":\"");
+    out.extend_from_slice(ev.kind.as_bytes());
+    out.extend_from_slice(b"\",\"prev\":\"");
+    out.extend_from_slice(prev.as_bytes());
+    out.extend_from_slice(b"\",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\",\"body\":");
+    out.extend_from_slice(ev.body_json.as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// A journal line read back.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Line<'a> {
+    pub sid: &'a str,
+    pub seq: i64,
+    pub at: i64,
+    pub kind: &'a str,
+    pub prev: &'a str,
+    pub hash: &'a str,
+    #[serde(borrow)]
+    pub body: &'a RawValue,
+}
+
+/// Splits `buf` into complete lines and parses at most `limit` of them.
+/// Returns the lines and how many bytes they span; an unterminated tail is
+/// left for later. A line that does not parse is an error carrying its
+/// offset within `buf`.
+pub(crate) fn parse_lines(
+    buf: &[u8],
+    limit: usize,
+) -> Result<(Vec<Line<'_>>, usize), (usize, String)> {
+    let mut lines = Vec::new();
+    let mut at = 0;
+    while lines.len() < limit
+        && let Some(nl) = memchr(b'\n', &buf[at..])
+    {
+        let raw = &buf[at..at + nl];
+        match serde_json::from_slice::<Line<'_>>(raw) {
+            Ok(line) => lines.push(line),
+            Err(e) => return Err((at, e.to_string())),
+        }
+        at += nl + 1;
+    }
+    Ok((lines, at))
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_pipeline::record::EventBody;
+
+    fn pending(sid: &str, body: EventBody) -> PendingEvent {
+        PendingEvent {
+            session_id: sid.to_owned(),
+            at_us: 7,
+            kind: body.kind(),
+            body_json: serde_json::to_string(&body).unwrap(),
+        }
+    }
+
+    fn end() -> EventBody {
+        EventBody::SessionEnd {
+            bytes_from_client: 1,
+            bytes_to_client: 2,
+            commands: 0,
+            reason: "done \"quoted\"\nnewline".into(),
+        }
+    }
+
+    #[test]
+    fn lines_round_trip_with_the_body_verbatim() {
+        let ev = pending("s-1", end());
+        let mut buf = Vec::new();
+        encode_line(&mut buf, &ev, 3, GENESIS, "abc");
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        buf.extend_from_slice(b"{\"sid\":\"torn");
+        let (lines, used) = parse_lines(&buf, usize::MAX).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(used, buf.len() - "{\"sid\":\"torn".len());
+        let l = &lines[0];
+        assert_eq!((l.sid, l.seq, l.at, l.kind), ("s-1", 3, 7, "session_end"));
+        assert_eq!((l.prev, l.hash), (GENESIS, "abc"));
+        assert_eq!(l.body.get(), ev.body_json);
+    }
+
+    #[test]
+    fn a_garbled_line_is_reported_at_its_offset() {
+        let ev = pending("s-1", end());
+        let mut buf = Vec::new();
+        encode_line(&mut buf, &ev, 1, GENESIS, "abc");
+        let first = buf.len();
+        buf.extend_from_slice(b"not json\n");
+        assert_eq!(parse_lines(&buf, usize::MAX).unwrap_err().0, first);
+    }
+
+    fn written(a: Appended) -> Pos {
+        match a {
+            Appended::Written(pos) => pos,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    fn open(
+        dir: &Path,
+        max_segment_bytes: u64,
+        max_unindexed_bytes: u64,
+    ) -> (Arc<Journal>, mpsc::UnboundedReceiver<SlowEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let opts = JournalOptions {
+            sync: SyncMode::Normal,
+            max_segment_bytes,
+            max_unindexed_bytes,
+        };
+        (Journal::open(dir, 1, opts, tx).unwrap(), rx)
+    }
+
+    fn start() -> EventBody {
+        EventBody::SessionStart {
+            identity: "a".into(),
+            identity_kind: "agent".into(),
+            connection: "c".into(),
+            protocol: "postgres".into(),
+            client_addr: "x".into(),
+            application_name: None,
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn appends_chain_and_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open(dir.path(), 600, u64::MAX);
+        let p1 = written(j.append(pending("s", start())));
+        let p2 = written(j.append(pending("s", start())));
+        let p3 = written(j.append(pending("s", start())));
+        assert!(p1 < p2 && p2 < p3);
+        assert!(p3.segment > 1, "rotated past 600 bytes: {p3:?}");
+        assert_eq!(list_segments(dir.path()).unwrap().len() as u64, p3.segment);
+        let mut seqs = Vec::new();
+        for n in list_segments(dir.path()).unwrap() {
+            let data = std::fs::read(segment_path(dir.path(), n)).unwrap();
+            let (lines, used) = parse_lines(&data, usize::MAX).unwrap();
+            assert_eq!(used, data.len());
+            seqs.extend(lines.iter().map(|l| l.seq));
+        }
+        assert_eq!(seqs, [1, 2, 3], "the chain continues across segments");
+    }
+
+    #[test]
+    fn a_session_without_a_head_goes_to_the_slow_lane_and_keeps_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, mut lane) = open(dir.path(), 1 << 20, u64::MAX);
+        written(j.append(pending("s", start())));
+        written(j.append(pending("s", end())));
+        // Ended: its head left memory, so the next event is queued.
+        let late = PendingEvent {
+            session_id: "s".into(),
+            at_us: 8,
+            kind: "approval_decided",
+            body_json: "{}".into(),
+        };
+        assert!(matches!(j.append(late), Appended::Queued(_)));
+        // A later event of the same session queues behind it even though
+        // the first one will have put a head back by then.
+        assert!(matches!(
+            j.append(pending("s", start())),
+            Appended::Queued(_)
+        ));
+        // Other sessions are not held up.
+        written(j.append(pending("t", start())));
+        let (first, _ack) = lane.try_recv().unwrap();
+        let pos = j
+            .append_slow(
+                &first,
+                Head {
+                    seq: 2,
+                    hash: "h".into(),
+                },
+            )
+            .unwrap();
+        let (second, _ack) = lane.try_recv().unwrap();
+        j.append_slow(&second, Head::genesis()).unwrap();
+        assert!(pos.offset > 0);
+        let data = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+        let (lines, _) = parse_lines(&data, usize::MAX).unwrap();
+        let s: Vec<(i64, &str)> = lines
+            .iter()
+            .filter(|l| l.sid == "s")
+            .map(|l| (l.seq, l.prev))
+            .collect();
+        assert_eq!(s[2], (3, "h"), "continues from the stored head");
+        assert_eq!(s[3].0, 4, "the in-memory head wins over a stale one");
+        // Drained: the session is back on the fast path.
+        assert!(j.lock().slow.is_empty());
+        written(j.append(pending("s", start())));
+    }
+
+    #[test]
+    fn a_closed_journal_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open(dir.path(), 1 << 20, u64::MAX);
+        j.stop_accepting();
+        assert!(!j.is_open());
+        assert!(matches!(
+            j.append(pending("t", start())),
+            Appended::Refused(m) if m.contains("closed")
+        ));
+    }
+
+    #[test]
+    fn too_much_unindexed_data_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open(dir.path(), 1 << 20, 100);
+        written(j.append(pending("a", start())));
+        let refused = j.append(pending("b", start()));
+        assert!(matches!(refused, Appended::Refused(m) if m.contains("behind")));
+        j.add_indexed_bytes(10_000);
+        written(j.append(pending("b", start())));
+    }
+}
