@@ -321,7 +321,7 @@ target_args() {   # prints "PORT USER PASSWORD"
 }
 
 # Airlock's own view of a run: deltas of its Prometheus histograms.
-METRICS=(airlock_store_commit_seconds airlock_store_batch_size airlock_decide_seconds airlock_command_duration_seconds)
+METRICS=(airlock_journal_sync_seconds airlock_journal_append_seconds airlock_store_commit_seconds airlock_store_batch_size airlock_decide_seconds airlock_command_duration_seconds)
 metrics_snapshot() {   # prints "sum count" per metric in METRICS order (summed over labels)
     local text m
     text="$(curl -fsS --max-time 5 "http://$AIRLOCK_API/metrics" 2>/dev/null || true)"
@@ -332,16 +332,18 @@ metrics_snapshot() {   # prints "sum count" per metric in METRICS order (summed 
             END { printf "%s %s\n", s+0, c+0 }' <<<"$text"
     done
 }
-metrics_delta() {   # before-file after-file seconds -> "commits/s ms/commit events/commit decide_us cmd_us"
+metrics_delta() {   # before-file after-file seconds -> "fsyncs/s ms/fsync append_us index_commits/s events/index_commit decide_us cmd_us"
     paste -d' ' "$1" "$2" | awk -v secs="$3" '
         { ds[NR] = $3 - $1; dc[NR] = $4 - $2 }
         END {
-            printf "%.0f %.3f %.1f %.1f %.0f\n",
+            printf "%.0f %.3f %.1f %.0f %.1f %.1f %.0f\n",
                 dc[1] / secs,
                 (dc[1] > 0 ? ds[1] / dc[1] * 1000 : 0),
-                (dc[2] > 0 ? ds[2] / dc[2] : 0),
-                (dc[3] > 0 ? ds[3] / dc[3] * 1e6 : 0),
-                (dc[4] > 0 ? ds[4] / dc[4] * 1e6 : 0)
+                (dc[2] > 0 ? ds[2] / dc[2] * 1e6 : 0),
+                dc[3] / secs,
+                (dc[4] > 0 ? ds[4] / dc[4] : 0),
+                (dc[5] > 0 ? ds[5] / dc[5] * 1e6 : 0),
+                (dc[6] > 0 ? ds[6] / dc[6] * 1e6 : 0)
         }'
 }
 
@@ -483,12 +485,12 @@ GIT_DIRTY="$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/nu
         echo
         echo "Airlock's own metrics over each measured run (deltas of its /metrics histograms):"
         echo
-        echo "| scenario | store commits/s | ms per commit | events per commit | decide µs/stmt | command µs/stmt | airlock CPU (% of one core) |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
+        echo "| scenario | journal fsyncs/s | ms per fsync | µs per journal append | index commits/s | events per index commit | decide µs/stmt | command µs/stmt | airlock CPU (% of one core) |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         for scen in "${SCENARIOS[@]}"; do
             [ -n "${STORE[$scen]:-}" ] || continue
-            read -r cps mspc epc dus cus cpu <<<"${STORE[$scen]}"
-            echo "| $scen | $cps | $mspc | $epc | $dus | $cus | $cpu |"
+            read -r fps msps aus ics epc dus cus cpu <<<"${STORE[$scen]}"
+            echo "| $scen | $fps | $msps | $aus | $ics | $epc | $dus | $cus | $cpu |"
         done
     fi
     if [ "${#FAILURES[@]}" -gt 0 ]; then

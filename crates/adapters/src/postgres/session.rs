@@ -369,6 +369,8 @@ async fn startup(
         mask: session.masker().cloned().map(MaskState::new),
         target: target.clone(),
         repl: BytesMut::new(),
+        out: BytesMut::new(),
+        need: 0,
         bytes: 0,
     };
     let client_fut = client.run(cr, uw, buf);
@@ -858,6 +860,13 @@ struct ServerHalf {
     target: Arc<upstream::PgTarget>,
     /// Reused buffer for rewritten messages.
     repl: BytesMut,
+    /// Rewritten chunks are built here; the allocation is reused once the
+    /// previous chunk has been written and dropped.
+    out: BytesMut,
+    /// Bytes still missing of a message cut by the last read; reserved
+    /// before the next read, after the relayed part was split off, so the
+    /// read buffer reuses its space instead of growing.
+    need: usize,
     bytes: u64,
 }
 
@@ -903,6 +912,10 @@ impl ServerHalf {
                         break msg;
                     }
                 }
+            }
+            if self.need > 0 {
+                buf.reserve(self.need);
+                self.need = 0;
             }
             tokio::select! {
                 ctl = rx.recv(), if rx_open => match ctl {
@@ -976,7 +989,7 @@ impl ServerHalf {
     /// rewriting (no copy), or a rebuilt one.
     fn relay_chunk(&mut self, buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, String> {
         let mut pos = 0usize;
-        let mut rebuilt: Option<BytesMut> = None;
+        let mut rebuilding = false;
         let mut repl = std::mem::take(&mut self.repl);
         loop {
             let rest = &buf[pos..];
@@ -992,22 +1005,23 @@ impl ServerHalf {
             }
             let total = len + 1;
             if rest.len() < total {
-                buf.reserve(total - rest.len());
+                self.need = total - rest.len();
                 break;
             }
             let frame = &rest[..total];
             repl.clear();
             if self.observe(frame, &mut repl) {
-                if let Some(r) = rebuilt.as_mut() {
-                    r.extend_from_slice(frame);
+                if rebuilding {
+                    self.out.extend_from_slice(frame);
                 }
             } else {
-                let r = rebuilt.get_or_insert_with(|| {
-                    let mut r = BytesMut::with_capacity(buf.len() + 64);
-                    r.extend_from_slice(&buf[..pos]);
-                    r
-                });
-                r.extend_from_slice(&repl);
+                if !rebuilding {
+                    rebuilding = true;
+                    self.out.clear();
+                    self.out.reserve(buf.len());
+                    self.out.extend_from_slice(&buf[..pos]);
+                }
+                self.out.extend_from_slice(&repl);
             }
             pos += total;
         }
@@ -1015,10 +1029,11 @@ impl ServerHalf {
         if pos == 0 {
             return Ok(None);
         }
-        let chunk = buf.split_to(pos).freeze();
-        Ok(Some(match rebuilt {
-            Some(r) => r.freeze(),
-            None => chunk,
+        let chunk = buf.split_to(pos);
+        Ok(Some(if rebuilding {
+            self.out.split().freeze()
+        } else {
+            chunk.freeze()
         }))
     }
 

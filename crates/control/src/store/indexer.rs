@@ -32,8 +32,11 @@ use super::StoreError;
 use super::journal::{Journal, Line, Pos, list_segments, parse_lines, segment_path};
 use super::types::StoreStats;
 
-/// How long an idle indexer waits after the first new event for more.
-const LINGER: Duration = Duration::from_millis(10);
+/// How long the indexer waits after the first new event for more, so a
+/// trickle of events becomes one transaction instead of one each.
+const LINGER: Duration = Duration::from_millis(20);
+/// No lingering once this much is waiting.
+const LINGER_BELOW: u64 = 1 << 20;
 /// Most bytes read from a segment per batch.
 const READ_CHUNK: usize = 4 << 20;
 /// Rows per multi-row INSERT (7 parameters each, far below SQLite's limit).
@@ -261,30 +264,43 @@ impl Indexer {
     pub async fn run(mut self, journal: Arc<Journal>, ctl: Arc<IndexCtl>) {
         let mut backoff = Duration::from_millis(50);
         let mut failures_while_closing = 0;
+        // What this round indexes: the end of the journal when it began.
+        let mut plan = self.pos;
         loop {
-            let target = journal.written_pos();
-            self.metrics.lag_bytes.set(lag(self.pos, target) as f64);
-            if self.pos >= target {
-                if ctl.closing.load(Ordering::Acquire) {
-                    break;
-                }
-                tokio::select! {
-                    _ = journal.written.notified() => {
-                        // Let a trickle gather, unless a reader is waiting.
-                        tokio::select! {
-                            _ = tokio::time::sleep(LINGER) => {}
-                            _ = ctl.urgent.notified() => {}
-                        }
+            if self.pos >= plan {
+                let closing = ctl.closing.load(Ordering::Acquire);
+                let written = journal.written_pos();
+                self.metrics.lag_bytes.set(lag(self.pos, written) as f64);
+                let mut urgent = closing;
+                if self.pos >= written {
+                    if closing {
+                        break;
                     }
-                    _ = ctl.urgent.notified() => {}
+                    urgent = tokio::select! {
+                        _ = journal.written.notified() => false,
+                        _ = ctl.urgent.notified() => true,
+                    };
                 }
+                // Let a trickle gather into one transaction, unless a reader
+                // is waiting or a backlog is already there.
+                if !urgent && lag(self.pos, journal.written_pos()) < LINGER_BELOW {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LINGER) => {}
+                        _ = ctl.urgent.notified() => {}
+                    }
+                }
+                plan = journal.written_pos();
                 continue;
             }
-            let end = (self.pos.segment == target.segment).then_some(target.offset);
+            let end = (self.pos.segment == plan.segment).then_some(plan.offset);
             let step = match self.step(end).await {
                 Ok(Step::SegmentDone) => self.finish_segment().await.map(|()| 0),
                 Ok(Step::Indexed(n)) => Ok(n),
-                Ok(Step::Idle) => Ok(0),
+                Ok(Step::Idle) => {
+                    // Nothing where the plan said there would be; do not spin.
+                    plan = self.pos;
+                    Ok(0)
+                }
                 Err(e) => Err(e),
             };
             match step {

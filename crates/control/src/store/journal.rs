@@ -106,6 +106,9 @@ pub(crate) enum Appended {
 /// An event waiting in the slow lane, with where to report its outcome.
 pub(crate) type SlowEvent = (PendingEvent, oneshot::Sender<Result<(), String>>);
 
+/// How long a write nobody waits for may stay unsynced (`sync = "full"`).
+const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Past this many cached chain heads the cache is cleared; heads of live
 /// sessions are then read back from SQLite on their next event.
 const MAX_CACHED_HEADS: usize = 100_000;
@@ -145,6 +148,10 @@ struct State {
     /// `None` once the store stops accepting events.
     slow_lane: Option<mpsc::UnboundedSender<SlowEvent>>,
     line: Vec<u8>,
+    /// Somebody waits for durability: the syncer should sync now. Appends
+    /// whose future nobody awaits (command results) do not ask, and ride
+    /// along with the next sync instead of costing one of their own.
+    sync_requested: bool,
     /// The syncer finishes its last sync and exits.
     stopping: bool,
     poisoned: Option<Arc<str>>,
@@ -254,6 +261,7 @@ impl Journal {
                 slow: HashMap::new(),
                 slow_lane: Some(slow_lane),
                 line: Vec::with_capacity(4096),
+                sync_requested: false,
                 stopping: false,
                 poisoned: None,
             }),
@@ -410,9 +418,6 @@ impl Journal {
         self.metrics
             .append_seconds
             .record(started.elapsed().as_secs_f64());
-        if self.opts.sync == SyncMode::Full {
-            self.sync_wanted.notify_one();
-        }
         self.written.notify_one();
     }
 
@@ -513,6 +518,13 @@ impl Journal {
         if self.opts.sync == SyncMode::Normal {
             return Ok(());
         }
+        if self.durable.borrow().upto >= pos {
+            return Ok(());
+        }
+        // Set under the lock, so the syncer cannot miss it between its
+        // check and its wait.
+        self.lock().sync_requested = true;
+        self.sync_wanted.notify_one();
         let mut rx = self.durable.subscribe();
         let state = rx
             .wait_for(|d| d.upto >= pos || d.error.is_some())
@@ -528,19 +540,31 @@ impl Journal {
         }
     }
 
-    /// The syncer: whenever something was written past the last sync, sync
-    /// the current segment once and publish how far that reached.
+    /// The syncer: whenever somebody waits for something written past the
+    /// last sync, sync the current segment once and publish how far that
+    /// reached. Writes nobody waits for are synced within [`LAZY_SYNC`].
     fn sync_loop(&self) {
         let mut synced = self.durable.borrow().upto;
         loop {
             let (file, target) = {
                 let mut st = self.lock();
-                while st.pos <= synced && !st.stopping && st.poisoned.is_none() {
-                    st = self.sync_wanted.wait(st).unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if st.poisoned.is_some() || (st.stopping && st.pos <= synced) {
+                        return;
+                    }
+                    if st.pos > synced && (st.sync_requested || st.stopping) {
+                        break;
+                    }
+                    let (guard, waited) = self
+                        .sync_wanted
+                        .wait_timeout(st, LAZY_SYNC)
+                        .unwrap_or_else(|e| e.into_inner());
+                    st = guard;
+                    if waited.timed_out() && st.pos > synced {
+                        break;
+                    }
                 }
-                if st.poisoned.is_some() || (st.stopping && st.pos <= synced) {
-                    return;
-                }
+                st.sync_requested = false;
                 (st.file.clone(), st.pos)
             };
             let started = std::time::Instant::now();
