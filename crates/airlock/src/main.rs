@@ -49,6 +49,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One TLS provider for the whole process (aws-lc-rs; ring is not built
+    // in). reqwest's rustls backend is compiled without a provider of its
+    // own and uses this one for any client not given a ready TLS config.
+    // An error only means one is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

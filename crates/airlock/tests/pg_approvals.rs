@@ -1,14 +1,19 @@
 //! Human-in-the-loop approvals end to end: a psycopg session's statement is
 //! held (the NoticeResponse arrives at once), reviewers decide through the
 //! real CLI and REST API, and exactly the held statement runs once, or the
-//! client gets 42501 and its session goes on.
+//! client gets 42501 and its session goes on. A client's CancelRequest (or
+//! disconnect) withdraws the request.
 
 mod support;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 
+use futures::StreamExt;
 use support::*;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 /// Runs one statement per argument in a psycopg session, printing each
 /// notice as it arrives (`NOTICE ...`), then `OK <status>` or
@@ -73,17 +78,7 @@ impl Client {
 
     /// Waits for the hold notice and returns the approval request id.
     fn held_id(&mut self) -> String {
-        let line = self.next_line();
-        let marker = "statement held for approval ";
-        let at = line
-            .find(marker)
-            .unwrap_or_else(|| panic!("expected a hold notice, got {line:?}"));
-        line[at + marker.len()..]
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .to_string()
+        held_id_in(&self.next_line())
     }
 
     fn rest(mut self) -> String {
@@ -94,6 +89,20 @@ impl Client {
         let _ = self.child.wait();
         out.join("\n")
     }
+}
+
+/// The approval request id in a hold notice.
+fn held_id_in(notice: &str) -> String {
+    let marker = "statement held for approval ";
+    let at = notice
+        .find(marker)
+        .unwrap_or_else(|| panic!("expected a hold notice, got {notice:?}"));
+    notice[at + marker.len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn cli(gw: &Gateway, identity: &str, args: &[&str]) -> std::process::Output {
@@ -551,5 +560,130 @@ fn a_just_in_time_grant_lets_reviewed_statements_through_until_revoked() {
         pg.psql_admin_db("shop", "SELECT count(*) FROM payments WHERE id IN (5, 6)")
             .trim(),
         "1"
+    );
+}
+
+/// A tokio-postgres session through the gateway whose notices arrive on a
+/// channel as they come (the hold notice arrives while the statement waits).
+async fn connect_with_notices(
+    conninfo: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .expect("connect through airlock");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notice(n) = message {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// Asserts that `err` is the gateway's answer to a cancelled held statement.
+fn assert_withdrawn_by_cancel(err: &tokio_postgres::Error, id: &str) {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:?}"));
+    assert_eq!(db.code(), &SqlState::QUERY_CANCELED, "{db:?}");
+    assert_eq!(
+        db.message(),
+        format!("canceling statement due to user request (approval request {id} withdrawn)")
+    );
+}
+
+#[test]
+fn a_cancel_request_withdraws_the_held_statement_and_the_session_goes_on() {
+    let (pg, gw) = setup();
+    let rt = rt();
+    let (client, mut notices) = rt.block_on(connect_with_notices(&gw.conninfo("agent", "shop")));
+    let client = Arc::new(client);
+
+    // Simple protocol: an agent's DELETE on production is held for a DBA.
+    let delete = rt.spawn({
+        let client = client.clone();
+        async move {
+            client
+                .simple_query("DELETE FROM payments WHERE id = 1")
+                .await
+        }
+    });
+    let id = held_id_in(&rt.block_on(notices.recv()).expect("the hold notice"));
+    assert_eq!(status_of(&gw, &id), "pending");
+
+    // The client cancels, as psql does on Ctrl-C.
+    rt.block_on(client.cancel_token().cancel_query(NoTls))
+        .expect("send the CancelRequest");
+    let err = rt
+        .block_on(delete)
+        .unwrap()
+        .expect_err("a cancelled held statement must fail");
+    assert_withdrawn_by_cancel(&err, &id);
+
+    // The session withdrew the request before answering, so this is final.
+    assert_eq!(status_of(&gw, &id), "withdrawn");
+    let out = cli(&gw, "alice", &["approvals", "approve", &id]);
+    assert!(
+        !out.status.success(),
+        "a withdrawn request cannot be approved"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("withdrawn"), "{stderr}");
+    assert_eq!(status_of(&gw, &id), "withdrawn");
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments WHERE id = 1")
+            .trim(),
+        "1",
+        "the held DELETE never ran"
+    );
+
+    // The session goes on: an allowed statement runs.
+    let rows = rt
+        .block_on(client.query_one("SELECT count(*)::int FROM payments", &[]))
+        .expect("the session still works after the cancel");
+    assert_eq!(rows.get::<_, i32>(0), 2);
+
+    // Extended protocol (Parse/Bind/Execute), in the same session: held at
+    // Execute, cancelled the same way.
+    let delete = rt.spawn({
+        let client = client.clone();
+        async move {
+            client
+                .execute("DELETE FROM payments WHERE id = $1", &[&2i32])
+                .await
+        }
+    });
+    let second = held_id_in(&rt.block_on(notices.recv()).expect("the second hold notice"));
+    assert_ne!(second, id);
+    rt.block_on(client.cancel_token().cancel_query(NoTls))
+        .expect("send the second CancelRequest");
+    let err = rt
+        .block_on(delete)
+        .unwrap()
+        .expect_err("the second cancelled statement must fail");
+    assert_withdrawn_by_cancel(&err, &second);
+    assert_eq!(status_of(&gw, &second), "withdrawn");
+    assert!(
+        !cli(&gw, "bob", &["approvals", "approve", &second])
+            .status
+            .success()
+    );
+    let rows = rt
+        .block_on(client.query_one("SELECT count(*)::int FROM payments", &[]))
+        .expect("the session still works after the second cancel");
+    assert_eq!(rows.get::<_, i32>(0), 2);
+    assert_eq!(
+        pg.psql_admin_db(
+            "shop",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM payments"
+        )
+        .trim(),
+        "1,2"
     );
 }

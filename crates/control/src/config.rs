@@ -275,6 +275,7 @@ impl Config {
         if let Some(dir) = path.parent() {
             cfg.rebase_paths(dir);
         }
+        check_notify_ca_files(&cfg.notify, &src, &path.display().to_string())?;
         cfg.path = Some(path.to_path_buf());
         Ok(cfg)
     }
@@ -301,6 +302,11 @@ impl Config {
         }
         for t in &mut self.targets {
             if let Some(p) = t.ca_file.as_mut() {
+                rebase(p);
+            }
+        }
+        for n in &mut self.notify {
+            if let Some(p) = n.ca_file_mut() {
                 rebase(p);
             }
         }
@@ -748,6 +754,9 @@ pub struct NotifySection {
     /// email: upgrade the connection with STARTTLS before anything else.
     #[serde(default)]
     pub starttls: bool,
+    /// webhook, slack: a PEM file of CA certificates trusted for the
+    /// `https://` URL in addition to the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A validated notification target with its secrets resolved. `Debug`
@@ -757,12 +766,16 @@ pub enum NotifyTarget {
     Webhook {
         url: String,
         secret: Vec<u8>,
+        /// Extra CA certificates (PEM) for an `https://` URL.
+        ca_file: Option<PathBuf>,
     },
     Slack {
         webhook_url: String,
         signing_secret: Vec<u8>,
         /// Slack user id -> Airlock identity name.
         users: BTreeMap<String, String>,
+        /// Extra CA certificates (PEM) for an `https://` URL.
+        ca_file: Option<PathBuf>,
     },
     Email(EmailTarget),
 }
@@ -787,21 +800,42 @@ impl NotifyTarget {
             NotifyTarget::Email(_) => NotifyKind::Email,
         }
     }
+
+    /// The extra CA file of an HTTP target.
+    pub fn ca_file(&self) -> Option<&Path> {
+        match self {
+            NotifyTarget::Webhook { ca_file, .. } | NotifyTarget::Slack { ca_file, .. } => {
+                ca_file.as_deref()
+            }
+            NotifyTarget::Email(_) => None,
+        }
+    }
+
+    fn ca_file_mut(&mut self) -> Option<&mut PathBuf> {
+        match self {
+            NotifyTarget::Webhook { ca_file, .. } | NotifyTarget::Slack { ca_file, .. } => {
+                ca_file.as_mut()
+            }
+            NotifyTarget::Email(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for NotifyTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotifyTarget::Webhook { url, .. } => f
+            NotifyTarget::Webhook { url, ca_file, .. } => f
                 .debug_struct("Webhook")
                 .field("url", url)
                 .field("secret", &"<redacted>")
+                .field("ca_file", ca_file)
                 .finish(),
-            NotifyTarget::Slack { users, .. } => f
+            NotifyTarget::Slack { users, ca_file, .. } => f
                 .debug_struct("Slack")
                 .field("webhook_url", &"<redacted>")
                 .field("signing_secret", &"<redacted>")
                 .field("users", users)
+                .field("ca_file", ca_file)
                 .finish(),
             NotifyTarget::Email(e) => e.fmt(f),
         }
@@ -823,11 +857,6 @@ impl std::fmt::Debug for EmailTarget {
             .finish()
     }
 }
-
-/// Whether notifications can reach `https://` URLs. The HTTP client is built
-/// without TLS for now (see `notify`), so such URLs are refused at start-up
-/// rather than failing on every delivery.
-const NOTIFY_HTTPS_SUPPORTED: bool = false;
 
 fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s.trim())
@@ -885,24 +914,40 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Checks an http(s) URL of a notification target.
-fn check_notify_url(url: &str) -> Result<(), String> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        if !NOTIFY_HTTPS_SUPPORTED {
-            return Err(
-                "https:// URLs are not supported by this build's notifier yet; \
-                 use an http:// URL (for example a local relay)"
-                    .into(),
-            );
-        }
-        rest
+/// Checks an http(s) URL of a notification target; true for `https://`.
+/// (The scheme is matched case-insensitively, as URLs allow.)
+fn check_notify_url(url: &str) -> Result<bool, String> {
+    let scheme_is = |s: &str| {
+        url.get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s))
+    };
+    let (rest, https) = if scheme_is("http://") {
+        (&url["http://".len()..], false)
+    } else if scheme_is("https://") {
+        (&url["https://".len()..], true)
     } else {
-        return Err("must be an http:// URL".into());
+        return Err("must be an http:// or https:// URL".into());
     };
     if rest.is_empty() || rest.starts_with('/') || url.chars().any(char::is_whitespace) {
-        return Err("must be an http:// URL with a host".into());
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(https)
+}
+
+/// Checks that every notification target's `ca_file` holds at least one
+/// PEM certificate, so a wrong path stops start-up instead of failing each
+/// delivery. Runs once paths are relative to the config file's directory.
+fn check_notify_ca_files(
+    targets: &[NotifyTarget],
+    src: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let loc = Locator { src, origin };
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(path) = t.ca_file() {
+            crate::notify::read_ca_file(path)
+                .map_err(|e| loc.err("notify", Some(i), "ca_file", &e))?;
+        }
     }
     Ok(())
 }
@@ -931,10 +976,11 @@ fn notify_targets(
             ("username_env", n.username_env.is_some()),
             ("password_env", n.password_env.is_some()),
             ("starttls", n.starttls),
+            ("ca_file", n.ca_file.is_some()),
         ];
         let allowed: &[&str] = match n.kind {
-            NotifyKind::Webhook => &["url", "secret_env"],
-            NotifyKind::Slack => &["webhook_url_env", "signing_secret_env", "users"],
+            NotifyKind::Webhook => &["url", "secret_env", "ca_file"],
+            NotifyKind::Slack => &["webhook_url_env", "signing_secret_env", "users", "ca_file"],
             NotifyKind::Email => &[
                 "smtp_host",
                 "smtp_port",
@@ -951,6 +997,14 @@ fn notify_targets(
         {
             return Err(at(key, &format!("is not used by type = \"{kind}\"")));
         }
+        // A CA file only matters for https://; with http:// it is a mistake.
+        let ca_file = |https: bool| -> Result<Option<PathBuf>, ConfigError> {
+            match &n.ca_file {
+                Some(_) if !https => Err(at("ca_file", "is only used with an https:// URL")),
+                Some(p) if p.as_os_str().is_empty() => Err(at("ca_file", "must name a file")),
+                other => Ok(other.clone()),
+            }
+        };
         let secret = |key: &str, var: &Option<String>| -> Result<String, ConfigError> {
             let var = var
                 .as_deref()
@@ -966,14 +1020,19 @@ fn notify_targets(
                     .url
                     .clone()
                     .ok_or_else(|| at("url", "is required for type = \"webhook\""))?;
-                check_notify_url(&url).map_err(|e| at("url", &e))?;
+                let https = check_notify_url(&url).map_err(|e| at("url", &e))?;
+                let ca_file = ca_file(https)?;
                 let secret = secret("secret_env", &n.secret_env)?.into_bytes();
-                NotifyTarget::Webhook { url, secret }
+                NotifyTarget::Webhook {
+                    url,
+                    secret,
+                    ca_file,
+                }
             }
             NotifyKind::Slack => {
                 let webhook_url = secret("webhook_url_env", &n.webhook_url_env)?;
                 // The URL itself is secret: the error names only the variable.
-                check_notify_url(&webhook_url).map_err(|e| {
+                let https = check_notify_url(&webhook_url).map_err(|e| {
                     at(
                         "webhook_url_env",
                         &format!(
@@ -982,6 +1041,7 @@ fn notify_targets(
                         ),
                     )
                 })?;
+                let ca_file = ca_file(https)?;
                 let signing_secret =
                     secret("signing_secret_env", &n.signing_secret_env)?.into_bytes();
                 let users = n.users.clone().unwrap_or_default();
@@ -998,6 +1058,7 @@ fn notify_targets(
                     webhook_url,
                     signing_secret,
                     users,
+                    ca_file,
                 }
             }
             NotifyKind::Email => {
@@ -1288,8 +1349,20 @@ password_env = "SMTP_PASSWORD"
             assert!(err.contains(expected), "{expected}: {err}");
         };
         check(
-            "\n[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example\"\nsecret_env = \"HOOK_SECRET\"\n",
-            "airlock.toml:10: notify[0].url: https:// URLs are not supported",
+            "\n[[notify]]\ntype = \"webhook\"\nurl = \"ftp://hooks.example\"\nsecret_env = \"HOOK_SECRET\"\n",
+            "airlock.toml:10: notify[0].url: must be an http:// or https:// URL",
+        );
+        check(
+            "\n[[notify]]\ntype = \"webhook\"\nurl = \"https:///x\"\nsecret_env = \"HOOK_SECRET\"\n",
+            "notify[0].url: must be an http:// or https:// URL with a host",
+        );
+        check(
+            "\n[[notify]]\ntype = \"webhook\"\nurl = \"http://h/x\"\nsecret_env = \"HOOK_SECRET\"\nca_file = \"ca.pem\"\n",
+            "airlock.toml:12: notify[0].ca_file: is only used with an https:// URL",
+        );
+        check(
+            "\n[[notify]]\ntype = \"email\"\nsmtp_host = \"h\"\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nca_file = \"ca.pem\"\n",
+            "notify[0].ca_file: is not used by type = \"email\"",
         );
         check(
             "\n[[notify]]\ntype = \"webhook\"\nurl = \"http://h/x\"\nsecret_env = \"NOPE\"\n",
@@ -1312,5 +1385,56 @@ password_env = "SMTP_PASSWORD"
             "notify[0].to:",
         );
         check("\n[[notify]]\ntype = \"pager\"\n", "pager");
+    }
+
+    #[test]
+    fn https_targets_take_a_ca_file_relative_to_the_config() {
+        let extra = r#"
+[[notify]]
+type = "webhook"
+url = "https://hooks.internal/airlock"
+secret_env = "HOOK_SECRET"
+ca_file = "private-ca.pem"
+
+[[notify]]
+type = "slack"
+webhook_url_env = "SLACK_HTTPS_URL"
+signing_secret_env = "SLACK_SIGNING_SECRET"
+
+[[notify]]
+type = "webhook"
+url = "HTTPS://hooks.internal/other"
+secret_env = "HOOK_SECRET"
+ca_file = "missing.pem"
+"#;
+        let src = format!("{BASE}{extra}");
+        let env = |k: &str| match k {
+            "SLACK_HTTPS_URL" => Some("https://hooks.slack.com/services/T/B/x".into()),
+            other => env(other),
+        };
+        let mut cfg = Config::from_toml(&src, "airlock.toml", &env).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        cfg.rebase_paths(dir.path());
+        assert_eq!(
+            cfg.notify[0].ca_file(),
+            Some(dir.path().join("private-ca.pem").as_path())
+        );
+        assert_eq!(cfg.notify[1].ca_file(), None);
+
+        // What `Config::load` checks once paths are rebased: each CA file
+        // must exist and hold a certificate, or start-up stops, naming the
+        // key and the line.
+        let ca = rcgen::generate_simple_self_signed(vec!["hooks.internal".to_string()]).unwrap();
+        std::fs::write(dir.path().join("private-ca.pem"), ca.cert.pem()).unwrap();
+        let err = check_notify_ca_files(&cfg.notify, &src, "airlock.toml")
+            .unwrap_err()
+            .0;
+        assert!(
+            err.starts_with("airlock.toml:23: notify[2].ca_file: cannot read certificates from"),
+            "{err}"
+        );
+        assert!(err.contains("missing.pem"), "{err}");
+        cfg.notify.pop();
+        check_notify_ca_files(&cfg.notify, &src, "airlock.toml").unwrap();
     }
 }

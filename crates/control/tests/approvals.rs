@@ -1,6 +1,6 @@
 //! The approval broker, its REST API and its notifiers, against a real
-//! SQLite store in a temporary directory, a local HTTP receiver for webhooks
-//! and Slack, and a local SMTP sink.
+//! SQLite store in a temporary directory, local HTTP and HTTPS receivers for
+//! webhooks and Slack, and a local SMTP sink.
 
 mod common;
 
@@ -771,9 +771,23 @@ async fn event_stream_delivers_visible_events() {
     assert!(!text.contains(&hidden.to_string()), "{text}");
 }
 
+type Hits = mpsc::UnboundedReceiver<(HeaderMap, Bytes)>;
+
 /// A local HTTP receiver: records every request; answers 500 to the first
 /// `fail_first` of them, 200 after.
-async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
+async fn receiver(fail_first: usize) -> (String, Hits) {
+    let (app, rx) = hook_app(fail_first);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), rx)
+}
+
+/// The receiver's app: `POST /hook` records the request and answers 500 to
+/// the first `fail_first` requests, 200 after.
+fn hook_app(fail_first: usize) -> (Router, Hits) {
     let (tx, rx) = mpsc::unbounded_channel();
     let seen = Arc::new(AtomicUsize::new(0));
     let app = Router::new().route(
@@ -792,12 +806,7 @@ async fn receiver(fail_first: usize) -> (String, mpsc::UnboundedReceiver<(Header
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}/hook"), rx)
+    (app, rx)
 }
 
 #[tokio::test]
@@ -810,6 +819,7 @@ async fn webhook_is_signed_and_retried_after_a_failure() {
         vec![NotifyTarget::Webhook {
             url,
             secret: secret.clone(),
+            ca_file: None,
         }],
         PUBLIC_URL,
     );
@@ -906,6 +916,7 @@ async fn slack_buttons_are_posted_and_signed_clicks_decide() {
             webhook_url: url,
             signing_secret: SLACK_SECRET.to_vec(),
             users: BTreeMap::new(),
+            ca_file: None,
         }],
         PUBLIC_URL,
     );
@@ -1099,4 +1110,251 @@ async fn email_carries_the_approval_link() {
         "{}",
         mail.data
     );
+}
+
+/// A private CA and a server certificate it issued for `127.0.0.1`.
+struct PrivatePki {
+    /// The CA certificate, PEM: what a `ca_file` holds.
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn private_pki() -> PrivatePki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Airlock test private CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "hooks.test");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
+    .unwrap();
+    PrivatePki {
+        ca_pem: ca_cert.pem(),
+        server: Arc::new(server),
+    }
+}
+
+/// Accepts TCP connections and completes the TLS handshake before handing
+/// them to axum; failed handshakes are reported on `failures`.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    failures: mpsc::UnboundedSender<String>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => {
+                    let _ = self.failures.send(e.to_string());
+                }
+                Err(_) => {
+                    let _ = self.failures.send("handshake timed out".into());
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// [`receiver`] over TLS only, with `pki`'s server certificate: its URL,
+/// the requests it got, and the TLS handshakes that failed.
+async fn https_receiver(pki: &PrivatePki) -> (String, Hits, mpsc::UnboundedReceiver<String>) {
+    let (app, hits) = hook_app(0);
+    let (failures_tx, failures) = mpsc::unbounded_channel();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let listener = TlsListener {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(pki.server.clone()),
+        failures: failures_tx,
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("https://{addr}/hook"), hits, failures)
+}
+
+/// One recorded delivery attempt: `(target, attempt, ok, status_code, error)`.
+type DeliveryAttempt = (String, i64, bool, Option<i64>, Option<String>);
+
+/// The recorded delivery attempts for `id`, once there are at least `n`
+/// (polled: recording follows the receiver's answer), ordered by target and
+/// attempt.
+async fn deliveries(f: &Fixture, id: Uuid, n: usize) -> Vec<DeliveryAttempt> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut conn = raw(f._dir.path()).await;
+    loop {
+        let rows: Vec<DeliveryAttempt> = sqlx::query_as(
+            "SELECT target, attempt, ok, status_code, error FROM notify_deliveries \
+             WHERE approval_id = ? ORDER BY target, attempt",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} recorded deliveries for {id}, have {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn webhook_and_slack_are_delivered_over_https_trusting_a_private_ca() {
+    let f = fixture().await;
+    let pki = private_pki();
+    let (url, mut hits, mut failures) = https_receiver(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("private-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let secret = b"hook-secret".to_vec();
+    notify::spawn(
+        &f.broker,
+        vec![
+            NotifyTarget::Webhook {
+                url: url.clone(),
+                secret: secret.clone(),
+                ca_file: Some(ca_file.clone()),
+            },
+            NotifyTarget::Slack {
+                webhook_url: url,
+                signing_secret: SLACK_SECRET.to_vec(),
+                users: BTreeMap::new(),
+                ca_file: Some(ca_file),
+            },
+        ],
+        PUBLIC_URL,
+    );
+    let id = submit(&f, "agent", &["dba"], 1).await;
+
+    // The receiver serves TLS only: anything it got came over HTTPS.
+    let (mut webhook_hit, mut slack_hit) = (None, None);
+    while webhook_hit.is_none() || slack_hit.is_none() {
+        let (headers, body) = hits.recv().await.unwrap();
+        if headers.contains_key("x-airlock-signature") {
+            webhook_hit = Some((headers, body));
+        } else {
+            slack_hit = Some((headers, body));
+        }
+    }
+    let (headers, body) = webhook_hit.unwrap();
+    assert_eq!(headers["x-airlock-event"], "created");
+    let sig = headers["x-airlock-signature"].to_str().unwrap();
+    assert!(webhook::verify(&secret, &body, sig), "{sig}");
+    assert!(!webhook::verify(b"wrong", &body, sig));
+    let payload: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(payload["event"], "created");
+    assert_eq!(payload["request"]["id"], id.to_string());
+    let (_, body) = slack_hit.unwrap();
+    let message: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        message["text"]
+            .as_str()
+            .unwrap()
+            .contains("agent wants to run"),
+        "{message}"
+    );
+
+    let rows = deliveries(&f, id, 2).await;
+    assert_eq!(
+        rows.iter()
+            .map(|(t, a, ok, code, _)| (t.as_str(), *a, *ok, *code))
+            .collect::<Vec<_>>(),
+        [
+            ("notify[0] webhook", 1, true, Some(200)),
+            ("notify[1] slack", 1, true, Some(200)),
+        ]
+    );
+    assert!(failures.try_recv().is_err(), "no TLS handshake failed");
+    // A notification informs; it decides nothing.
+    assert_eq!(status_of(&f, id).await, ApprovalStatus::Pending);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_the_delivery_and_approves_nothing() {
+    let f = fixture().await;
+    let pki = private_pki();
+    let (url, mut hits, mut failures) = https_receiver(&pki).await;
+    // No ca_file: only the system's roots, which do not know this CA.
+    notify::spawn(
+        &f.broker,
+        vec![NotifyTarget::Webhook {
+            url,
+            secret: b"hook-secret".to_vec(),
+            ca_file: None,
+        }],
+        PUBLIC_URL,
+    );
+    let id = submit(&f, "agent", &["dba"], 1).await;
+
+    // The client refuses the certificate during the handshake.
+    let failure = failures.recv().await.unwrap();
+    assert!(
+        failure.to_ascii_lowercase().contains("alert"),
+        "the client should abort with an alert: {failure}"
+    );
+    let rows = deliveries(&f, id, 1).await;
+    let (target, attempt, ok, code, error) = &rows[0];
+    assert_eq!(
+        (target.as_str(), *attempt, *ok, *code),
+        ("notify[0] webhook", 1, false, None)
+    );
+    let error = error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("certificate") && error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    // Not retried: an untrusted certificate stays untrusted. (A retry would
+    // come after FIRST_BACKOFF; wait five times that for a second handshake.)
+    assert!(
+        tokio::time::timeout(notify::FIRST_BACKOFF * 5, failures.recv())
+            .await
+            .is_err(),
+        "the delivery was retried"
+    );
+    assert_eq!(deliveries(&f, id, 1).await.len(), 1);
+    // Nothing reached the receiver's handler, and nothing was decided.
+    assert!(hits.try_recv().is_err());
+    assert_eq!(status_of(&f, id).await, ApprovalStatus::Pending);
+    let record = f.broker.get(id).await.unwrap().unwrap();
+    assert!(record.request.decisions.is_empty());
 }

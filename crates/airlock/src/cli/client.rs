@@ -47,14 +47,14 @@ impl ApiClient {
         let base =
             Url::parse(url.trim()).with_context(|| format!("AIRLOCK_URL {url:?} is not a URL"))?;
         match base.scheme() {
-            "http" => {}
-            // This build carries no TLS client; put the API behind a local
-            // proxy or reach it over an SSH tunnel instead.
-            "https" => bail!(
-                "AIRLOCK_URL {base}: https is not supported by this build of the CLI; use http://"
-            ),
-            other => bail!("AIRLOCK_URL {base}: unsupported scheme {other:?}; use http://"),
+            "http" | "https" => {}
+            other => {
+                bail!("AIRLOCK_URL {base}: unsupported scheme {other:?}; use http:// or https://")
+            }
         }
+        // reqwest's rustls backend needs a process-wide provider; `main`
+        // installs it, but the client must not depend on who built it first.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("airlock-cli/", env!("CARGO_PKG_VERSION")))
@@ -213,10 +213,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_http_is_accepted() {
+    fn http_and_https_are_accepted() {
         assert!(ApiClient::new("http://127.0.0.1:8080", None).is_ok());
-        let err = ApiClient::new("https://gw.example", None).unwrap_err();
-        assert!(err.to_string().contains("https"), "{err}");
+        assert!(ApiClient::new("https://gw.example", None).is_ok());
+        let err = ApiClient::new("ftp://gw.example", None).unwrap_err();
+        assert!(err.to_string().contains("unsupported scheme"), "{err}");
         assert!(ApiClient::new("not a url", None).is_err());
     }
 

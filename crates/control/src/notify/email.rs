@@ -160,11 +160,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_native_certs::load_native_certs().certs {
-                // A certificate the store cannot parse is skipped, as browsers do.
-                let _ = roots.add(cert);
-            }
+            let roots = super::tls::native_roots();
             if roots.is_empty() {
                 return Err("no system root certificates were found for STARTTLS".into());
             }

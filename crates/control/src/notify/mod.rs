@@ -6,13 +6,14 @@
 //!
 //! A notification only informs: nothing here decides anything, and a failed
 //! delivery is logged, retried and then given up on, never treated as an
-//! answer. The HTTP client is built without TLS for now, so webhook and
-//! Slack URLs must be `http://` (config validation refuses `https://`);
-//! enabling a rustls feature of `reqwest` with the aws-lc-rs provider
-//! installed process-wide is the follow-up that lifts this.
+//! answer. Webhook and Slack URLs may be `http://` or `https://`; TLS is
+//! rustls with the aws-lc-rs provider, trusting the system's roots plus the
+//! target's `ca_file` (see [`tls`]). A certificate that is not trusted fails
+//! the delivery at once, without retries.
 
 pub mod email;
 pub mod slack;
+pub mod tls;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::approvals::{ApprovalEvent, ApprovalEventKind, ApprovalRecord, Broker,
 use crate::config::NotifyTarget;
 
 pub use slack::SlackApp;
+pub use tls::read_ca_file;
 
 /// Attempts per delivery, the first included.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -150,28 +152,55 @@ fn for_people(kind: ApprovalEventKind) -> bool {
 
 struct Shared {
     broker: Broker,
-    http: Option<reqwest::Client>,
+    /// The HTTP client of each target, by index: `None` for e-mail, or if
+    /// it could not be built (every delivery then fails, and is recorded).
+    http: Vec<Option<reqwest::Client>>,
     public_url: String,
+}
+
+/// One HTTP client per target that needs one: targets without a `ca_file`
+/// share one client (and its connection pool); each `ca_file` gets its own.
+fn http_clients(targets: &[NotifyTarget]) -> Vec<Option<reqwest::Client>> {
+    let mut shared: Option<Option<reqwest::Client>> = None;
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            if matches!(target, NotifyTarget::Email(_)) {
+                return None;
+            }
+            let ca_file = target.ca_file();
+            if ca_file.is_none()
+                && let Some(client) = &shared
+            {
+                return client.clone();
+            }
+            let client = match tls::http_client(ca_file, HTTP_TIMEOUT) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(
+                        target = %format!("notify[{i}] {}", target.kind().as_str()),
+                        error = %e,
+                        "cannot build the notification HTTP client; this target's deliveries will fail"
+                    );
+                    None
+                }
+            };
+            if ca_file.is_none() {
+                shared = Some(client.clone());
+            }
+            client
+        })
+        .collect()
 }
 
 /// Starts the notification task. It subscribes before returning, so every
 /// event after this call is delivered; it ends when the broker is gone.
 pub fn spawn(broker: &Broker, targets: Vec<NotifyTarget>, public_url: &str) -> JoinHandle<()> {
     let mut rx = broker.subscribe();
-    let http = match reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
-        .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the notification HTTP client; webhooks and Slack are off");
-            None
-        }
-    };
     let shared = Arc::new(Shared {
         broker: broker.clone(),
-        http,
+        http: http_clients(&targets),
         public_url: public_url.to_owned(),
     });
     let targets: Arc<[NotifyTarget]> = targets.into();
@@ -214,9 +243,10 @@ pub fn spawn(broker: &Broker, targets: Vec<NotifyTarget>, public_url: &str) -> J
 async fn deliver(shared: &Shared, index: usize, target: &NotifyTarget, event: &ApprovalEvent) {
     let delivery_id = Uuid::new_v4();
     let label = format!("notify[{index}] {}", target.kind().as_str());
+    let http = shared.http.get(index).and_then(Option::as_ref);
     let mut delay = FIRST_BACKOFF;
     for attempt in 1..=MAX_ATTEMPTS {
-        let result = attempt_once(shared, target, event, delivery_id).await;
+        let result = attempt_once(shared, http, target, event, delivery_id).await;
         record(shared, &label, delivery_id, event, attempt, &result).await;
         match result {
             Ok(_) => return,
@@ -244,27 +274,27 @@ async fn deliver(shared: &Shared, index: usize, target: &NotifyTarget, event: &A
 
 async fn attempt_once(
     shared: &Shared,
+    http: Option<&reqwest::Client>,
     target: &NotifyTarget,
     event: &ApprovalEvent,
     delivery_id: Uuid,
 ) -> Result<Option<u16>, DeliveryError> {
     let link = approval_link(&shared.public_url, event.request.request.id);
+    let no_client = || DeliveryError {
+        status: None,
+        message: "no HTTP client (see the start-up log)".into(),
+        retry: false,
+    };
     match target {
-        NotifyTarget::Webhook { url, secret } => {
-            let http = shared
-                .http
-                .as_ref()
-                .ok_or_else(|| DeliveryError::transient("no HTTP client"))?;
+        NotifyTarget::Webhook { url, secret, .. } => {
+            let http = http.ok_or_else(no_client)?;
             let body = webhook::payload(event, &link, delivery_id);
             webhook::send(http, url, secret, event.event.as_str(), delivery_id, body)
                 .await
                 .map(Some)
         }
         NotifyTarget::Slack { webhook_url, .. } => {
-            let http = shared
-                .http
-                .as_ref()
-                .ok_or_else(|| DeliveryError::transient("no HTTP client"))?;
+            let http = http.ok_or_else(no_client)?;
             let body = slack::message(event, &link);
             slack::send(http, webhook_url, &body).await.map(Some)
         }

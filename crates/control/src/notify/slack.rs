@@ -285,7 +285,7 @@ pub async fn send(
         .json(body)
         .send()
         .await
-        .map_err(|e| DeliveryError::transient(super::webhook::describe(&e)))?;
+        .map_err(|e| super::webhook::request_error(&e))?;
     super::webhook::status_result(resp.status())
 }
 

@@ -74,8 +74,18 @@ pub async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| DeliveryError::transient(describe(&e)))?;
+        .map_err(|e| request_error(&e))?;
     status_result(resp.status())
+}
+
+/// A request that got no answer: worth retrying, unless the receiver's
+/// certificate is not trusted (that will not change by trying again).
+pub(super) fn request_error(e: &reqwest::Error) -> DeliveryError {
+    DeliveryError {
+        status: None,
+        message: describe(e),
+        retry: !super::tls::is_untrusted_certificate(e),
+    }
 }
 
 pub(super) fn status_result(status: reqwest::StatusCode) -> Result<u16, DeliveryError> {
