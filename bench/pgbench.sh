@@ -8,6 +8,7 @@
 #
 # Environment (all optional):
 #   BENCH_SECONDS=20        measured seconds per run
+#   BENCH_WORKER_THREADS=   passed to `airlock serve --worker-threads` (default: one per CPU)
 #   BENCH_WARMUP=3          warm-up seconds before each measured run
 #   BENCH_SCALE=10          pgbench -i scale factor
 #   BENCH_STORE_SYNC=full   Airlock [store] sync: full | normal
@@ -37,7 +38,7 @@ BENCH_STORE_SYNC="${BENCH_STORE_SYNC:-full}"
 BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
 BENCH_TARGETS="${BENCH_TARGETS:-direct,airlock,pgbouncer}"
 STAMP="$(date +%Y-%m-%d-%H%M%S)"
-BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC.md}"
+BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC${BENCH_WORKER_THREADS:+-threads-$BENCH_WORKER_THREADS}.md}"
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -246,7 +247,7 @@ tls = "disable"
 tags = ["bench"]
 EOF
     : >"$TMP/airlock.out"
-    NO_COLOR=1 "$AIRLOCK_BIN" serve --config "$TMP/airlock.toml" >"$TMP/airlock.out" 2>"$AIRLOCK_LOG" </dev/null &
+    NO_COLOR=1 "$AIRLOCK_BIN" serve --config "$TMP/airlock.toml" ${BENCH_WORKER_THREADS:+--worker-threads "$BENCH_WORKER_THREADS"} >"$TMP/airlock.out" 2>"$AIRLOCK_LOG" </dev/null &
     AIRLOCK_PID=$!
     ready=""
     for _ in $(seq 1 600); do
@@ -462,7 +463,7 @@ GIT_DIRTY="$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/nu
 {
     echo "# pgbench: direct vs Airlock vs PgBouncer"
     echo
-    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on)"
+    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); worker threads: ${BENCH_WORKER_THREADS:-one per CPU}"
     echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); pgbench, PostgreSQL, PgBouncer and Airlock share the machine"
     echo "- PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
     echo "- each run: ${BENCH_WARMUP} s warm-up, then ${BENCH_SECONDS} s; \`-n\`; 16 clients use \`-j 2\`; TPS without initial connection time; latency = pgbench average per transaction (ms)"

@@ -27,6 +27,11 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, env = "AIRLOCK_CONFIG", default_value = "airlock.toml")]
         config: PathBuf,
+        /// Threads that run sessions (default: one per CPU). On a small
+        /// machine shared with the database, 1 avoids cross-thread wake-ups
+        /// and is often faster; on a dedicated gateway keep the default.
+        #[arg(long, env = "AIRLOCK_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_threads: Option<u16>,
     },
     /// Start a throwaway PostgreSQL with sample PII data and the gateway in
     /// front of it, and print ready-to-paste psql lines. Ctrl-C cleans up.
@@ -55,10 +60,15 @@ fn main() -> ExitCode {
     // An error only means one is installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve {
+        worker_threads: Some(n),
+        ..
+    } = &cli.command
     {
+        builder.worker_threads(usize::from(*n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlock: cannot start the runtime: {e}");
@@ -67,7 +77,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config } => serve::run(config).await,
+            Command::Serve { config, .. } => serve::run(config).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Sessions(cmd) => cli::sessions::run(cmd).await,
             Command::Audit(cmd) => cli::audit::run(cmd).await,
