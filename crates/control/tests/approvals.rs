@@ -1000,9 +1000,12 @@ async fn slack_buttons_are_posted_and_signed_clicks_decide() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
-        body["text"].as_str().unwrap().contains("approved"),
+        body["text"].as_str().unwrap().contains("approved by alice"),
         "{body}"
     );
+    // Decided: the original message is replaced for everyone, buttons gone.
+    assert_eq!(body["replace_original"], true, "{body}");
+    assert_eq!(body["response_type"], "in_channel", "{body}");
     let record = f.broker.get(id).await.unwrap().unwrap();
     assert_eq!(record.request.status, ApprovalStatus::Approved);
     assert_eq!(record.request.decisions[0].reviewer, "alice");

@@ -562,7 +562,7 @@ impl Session {
                 masked: outcome.masked,
             },
         );
-        drop(self.pipeline.audit.append(ev));
+        self.pipeline.audit.append_detached(ev);
     }
 
     /// Records the end of the session and waits until it is stored.

@@ -433,6 +433,17 @@ fn slack_reply(text: impl Into<String>) -> Response {
     .into_response()
 }
 
+/// Replaces the message whose button was clicked (Slack accepts this as the
+/// response to an interaction).
+fn slack_update(text: impl Into<String>) -> Response {
+    Json(serde_json::json!({
+        "response_type": "in_channel",
+        "replace_original": true,
+        "text": text.into(),
+    }))
+    .into_response()
+}
+
 /// Slack's button clicks. Authenticated by Slack's request signature, not a
 /// bearer token; the clicking Slack user must map to an Airlock identity,
 /// which then decides under the same rules as everywhere else. Refusals by
@@ -490,11 +501,21 @@ async fn slack_interactive(
                 DecisionKind::Approve => "approved",
                 DecisionKind::Reject => "rejected",
             };
-            slack_reply(format!(
-                "You {verb} request {short} as {}; it is now {}.",
-                identity.name,
-                request.status.as_str()
-            ))
+            if request.status == ApprovalStatus::Pending {
+                // More approvals needed: the buttons must stay for others.
+                slack_reply(format!(
+                    "You {verb} request {short} as {}; it still needs more approvals.",
+                    identity.name
+                ))
+            } else {
+                // Decided: the message itself changes for everyone in the
+                // channel, and its buttons go away.
+                slack_update(format!(
+                    "Airlock request {short} was {verb} by {} in Slack; it is now {}.",
+                    identity.name,
+                    request.status.as_str()
+                ))
+            }
         }
         Err(ApprovalError::Unavailable(msg)) => {
             tracing::error!(error = %msg, "approval store failed during a Slack decision");

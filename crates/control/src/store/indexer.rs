@@ -76,6 +76,7 @@ impl IndexCtl {
     /// Resolves once everything the journal held at the call is in SQLite.
     /// Fails if the indexer fails in the meantime, or takes too long.
     pub async fn caught_up(&self, journal: &Journal) -> Result<(), StoreError> {
+        journal.flush_pending();
         let target = journal.written_pos();
         let mut rx = self.indexed.subscribe();
         let failures_before = rx.borrow().failures;

@@ -106,8 +106,11 @@ pub(crate) enum Appended {
 /// An event waiting in the slow lane, with where to report its outcome.
 pub(crate) type SlowEvent = (PendingEvent, oneshot::Sender<Result<(), String>>);
 
-/// How long a write nobody waits for may stay unsynced (`sync = "full"`).
-const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the background thread writes pending lines, and (with `sync =
+/// "full"`) syncs writes nobody waited for.
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+/// Pending lines are written at once past this size.
+const PENDING_FLUSH_BYTES: usize = 64 * 1024;
 
 /// Past this many cached chain heads the cache is cleared; heads of live
 /// sessions are then read back from SQLite on their next event.
@@ -147,7 +150,10 @@ struct State {
     slow: HashMap<String, usize>,
     /// `None` once the store stops accepting events.
     slow_lane: Option<mpsc::UnboundedSender<SlowEvent>>,
-    line: Vec<u8>,
+    /// Encoded lines not written yet: events nobody waits for (command
+    /// results) wait here for the next write, so they cost no syscall of
+    /// their own; the background thread writes them within [`TICK`].
+    pending: Vec<u8>,
     /// Somebody waits for durability: the syncer should sync now. Appends
     /// whose future nobody awaits (command results) do not ask, and ride
     /// along with the next sync instead of costing one of their own.
@@ -260,7 +266,7 @@ impl Journal {
                 heads: HashMap::new(),
                 slow: HashMap::new(),
                 slow_lane: Some(slow_lane),
-                line: Vec::with_capacity(4096),
+                pending: Vec::with_capacity(64 * 1024),
                 sync_requested: false,
                 stopping: false,
                 poisoned: None,
@@ -276,13 +282,11 @@ impl Journal {
             metrics: Metrics::register(),
             opts,
         });
-        if journal.opts.sync == SyncMode::Full {
-            let j = journal.clone();
-            let handle = std::thread::Builder::new()
-                .name("airlock-journal-sync".into())
-                .spawn(move || j.sync_loop())?;
-            *journal.syncer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        }
+        let j = journal.clone();
+        let handle = std::thread::Builder::new()
+            .name("airlock-journal".into())
+            .spawn(move || j.background())?;
+        *journal.syncer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(journal)
     }
 
@@ -314,7 +318,9 @@ impl Journal {
 
     /// Chains and writes one event (or queues it in the slow lane). With
     /// `sync = "full"` the caller then waits for [`Journal::wait_durable`].
-    pub fn append(&self, ev: PendingEvent) -> Appended {
+    /// A `detached` event (nobody waits for it) is only encoded, and written
+    /// with the next write.
+    pub fn append(&self, ev: PendingEvent, detached: bool) -> Appended {
         let started = std::time::Instant::now();
         let mut st = self.lock();
         let Some(lane) = &st.slow_lane else {
@@ -342,7 +348,7 @@ impl Journal {
             *st.slow.entry(sid).or_default() += 1;
             return Appended::Queued(outcome);
         };
-        let result = self.write_event(&mut st, &ev, prev);
+        let result = self.write_event(&mut st, &ev, prev, detached);
         drop(st);
         match result {
             Ok(pos) => {
@@ -370,7 +376,7 @@ impl Journal {
         let result = match self.admissible(&st) {
             Ok(()) => {
                 let prev = st.heads.get(&ev.session_id).cloned().unwrap_or(stored);
-                self.write_event(&mut st, ev, prev)
+                self.write_event(&mut st, ev, prev, false)
             }
             Err(refused) => Err(refused),
         };
@@ -400,8 +406,7 @@ impl Journal {
                 "the audit journal failed and refuses writes until Airlock restarts: {err}"
             ));
         }
-        let behind = st
-            .written_bytes
+        let behind = (st.written_bytes + st.pending.len() as u64)
             .saturating_sub(self.indexed_bytes.load(Ordering::Relaxed));
         if behind > self.opts.max_unindexed_bytes {
             return Err(format!(
@@ -421,8 +426,16 @@ impl Journal {
         self.written.notify_one();
     }
 
-    /// Chains `ev` after `prev` and writes it. Called with the lock held.
-    fn write_event(&self, st: &mut State, ev: &PendingEvent, prev: Head) -> Result<Pos, String> {
+    /// Chains `ev` after `prev` and writes it (after any pending lines, in
+    /// the same write), or only encodes it when `detached`. Called with the
+    /// lock held.
+    fn write_event(
+        &self,
+        st: &mut State,
+        ev: &PendingEvent,
+        prev: Head,
+        detached: bool,
+    ) -> Result<Pos, String> {
         let seq = prev.seq + 1;
         let hash = event_hash(&ChainInput {
             prev_hash: &prev.hash,
@@ -432,15 +445,21 @@ impl Journal {
             kind: ev.kind,
             body: &ev.body_json,
         });
-        let mut line = std::mem::take(&mut st.line);
-        line.clear();
-        encode_line(&mut line, ev, seq, &prev.hash, &hash);
-        let written = self.write_line(st, &line);
-        st.line = line;
-        let n = written?;
-        st.pos.offset += n;
-        st.written_bytes += n;
-        self.metrics.bytes.increment(n);
+        let before = st.pending.len();
+        encode_line(&mut st.pending, ev, seq, &prev.hash, &hash);
+        if (!detached || st.pending.len() >= PENDING_FLUSH_BYTES)
+            && let Err(e) = self.flush_locked(st)
+        {
+            if detached {
+                // Kept pending (the chain already counts it); the next
+                // write or the background thread tries again.
+                tracing::warn!(error = %e, "writing pending audit events failed; retrying");
+            } else {
+                // This event is refused; earlier pending lines stay.
+                st.pending.truncate(before);
+                return Err(e);
+            }
+        }
         if ev.ends_chain() {
             st.heads.remove(&ev.session_id);
         } else {
@@ -452,14 +471,19 @@ impl Journal {
         Ok(st.pos)
     }
 
-    /// Writes one whole line at the end of the current segment, rotating
-    /// first if it would grow past the limit.
-    fn write_line(&self, st: &mut State, line: &[u8]) -> Result<u64, String> {
-        if st.pos.offset > 0 && st.pos.offset + line.len() as u64 > self.opts.max_segment_bytes {
+    /// Writes every pending line at the end of the current segment in one
+    /// write, rotating first if it would grow past the limit. On failure the
+    /// file is cut back and the lines stay pending.
+    fn flush_locked(&self, st: &mut State) -> Result<u64, String> {
+        if st.pending.is_empty() {
+            return Ok(0);
+        }
+        let len = st.pending.len() as u64;
+        if st.pos.offset > 0 && st.pos.offset + len > self.opts.max_segment_bytes {
             self.rotate(st)?;
         }
         let mut file: &File = &st.file;
-        if let Err(e) = file.write_all(line) {
+        if let Err(e) = file.write_all(&st.pending) {
             // A partial line would corrupt the segment for the indexer and
             // for recovery: cut it off, or stop writing altogether.
             if let Err(trunc) = st.file.set_len(st.pos.offset) {
@@ -470,7 +494,23 @@ impl Journal {
             }
             return Err(format!("cannot write the audit journal: {e}"));
         }
-        Ok(line.len() as u64)
+        st.pending.clear();
+        st.pos.offset += len;
+        st.written_bytes += len;
+        self.metrics.bytes.increment(len);
+        Ok(len)
+    }
+
+    /// Writes pending lines now (readers call this before waiting for the
+    /// index, so they see command results at once).
+    pub fn flush_pending(&self) {
+        let wrote = {
+            let mut st = self.lock();
+            matches!(self.flush_locked(&mut st), Ok(n) if n > 0)
+        };
+        if wrote {
+            self.written.notify_one();
+        }
     }
 
     /// Seals the current segment and starts the next. With `sync = "full"`
@@ -540,28 +580,44 @@ impl Journal {
         }
     }
 
-    /// The syncer: whenever somebody waits for something written past the
-    /// last sync, sync the current segment once and publish how far that
-    /// reached. Writes nobody waits for are synced within [`LAZY_SYNC`].
-    fn sync_loop(&self) {
+    /// The background thread: writes pending lines every [`TICK`], and with
+    /// `sync = "full"` syncs the current segment whenever somebody waits for
+    /// something written past the last sync (one sync covers everything
+    /// written before it), and within a tick for writes nobody waited for.
+    fn background(&self) {
+        let full = self.opts.sync == SyncMode::Full;
         let mut synced = self.durable.borrow().upto;
         loop {
             let (file, target) = {
                 let mut st = self.lock();
                 loop {
-                    if st.poisoned.is_some() || (st.stopping && st.pos <= synced) {
+                    if st.poisoned.is_some() {
                         return;
                     }
-                    if st.pos > synced && (st.sync_requested || st.stopping) {
+                    if st.stopping {
+                        if let Err(e) = self.flush_locked(&mut st) {
+                            tracing::error!(error = %e, "audit events still pending at close were lost");
+                        }
+                        if !full || st.pos <= synced {
+                            return;
+                        }
+                        break;
+                    }
+                    if full && st.pos > synced && st.sync_requested {
                         break;
                     }
                     let (guard, waited) = self
                         .sync_wanted
-                        .wait_timeout(st, LAZY_SYNC)
+                        .wait_timeout(st, TICK)
                         .unwrap_or_else(|e| e.into_inner());
                     st = guard;
-                    if waited.timed_out() && st.pos > synced {
-                        break;
+                    if waited.timed_out() {
+                        if matches!(self.flush_locked(&mut st), Ok(n) if n > 0) {
+                            self.written.notify_one();
+                        }
+                        if full && st.pos > synced {
+                            break;
+                        }
                     }
                 }
                 st.sync_requested = false;
@@ -757,9 +813,9 @@ mod tests {
     fn appends_chain_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open(dir.path(), 600, u64::MAX);
-        let p1 = written(j.append(pending("s", start())));
-        let p2 = written(j.append(pending("s", start())));
-        let p3 = written(j.append(pending("s", start())));
+        let p1 = written(j.append(pending("s", start()), false));
+        let p2 = written(j.append(pending("s", start()), false));
+        let p3 = written(j.append(pending("s", start()), false));
         assert!(p1 < p2 && p2 < p3);
         assert!(p3.segment > 1, "rotated past 600 bytes: {p3:?}");
         assert_eq!(list_segments(dir.path()).unwrap().len() as u64, p3.segment);
@@ -777,8 +833,8 @@ mod tests {
     fn a_session_without_a_head_goes_to_the_slow_lane_and_keeps_its_order() {
         let dir = tempfile::tempdir().unwrap();
         let (j, mut lane) = open(dir.path(), 1 << 20, u64::MAX);
-        written(j.append(pending("s", start())));
-        written(j.append(pending("s", end())));
+        written(j.append(pending("s", start()), false));
+        written(j.append(pending("s", end()), false));
         // Ended: its head left memory, so the next event is queued.
         let late = PendingEvent {
             session_id: "s".into(),
@@ -786,15 +842,15 @@ mod tests {
             kind: "approval_decided",
             body_json: "{}".into(),
         };
-        assert!(matches!(j.append(late), Appended::Queued(_)));
+        assert!(matches!(j.append(late, false), Appended::Queued(_)));
         // A later event of the same session queues behind it even though
         // the first one will have put a head back by then.
         assert!(matches!(
-            j.append(pending("s", start())),
+            j.append(pending("s", start()), false),
             Appended::Queued(_)
         ));
         // Other sessions are not held up.
-        written(j.append(pending("t", start())));
+        written(j.append(pending("t", start()), false));
         let (first, _ack) = lane.try_recv().unwrap();
         let pos = j
             .append_slow(
@@ -819,7 +875,47 @@ mod tests {
         assert_eq!(s[3].0, 4, "the in-memory head wins over a stale one");
         // Drained: the session is back on the fast path.
         assert!(j.lock().slow.is_empty());
-        written(j.append(pending("s", start())));
+        written(j.append(pending("s", start()), false));
+    }
+
+    fn result_of(sid: &str) -> PendingEvent {
+        PendingEvent {
+            session_id: sid.into(),
+            at_us: 9,
+            kind: "command_result",
+            body_json: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn detached_events_are_written_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open(dir.path(), 1 << 20, u64::MAX);
+        let seg = segment_path(dir.path(), 1);
+        let first = written(j.append(pending("s", start()), false));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        assert_eq!(first.offset, len);
+        written(j.append(result_of("s"), true));
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            len,
+            "not written yet"
+        );
+        assert_eq!(j.written_pos(), first, "the indexer does not see it yet");
+        written(j.append(pending("t", start()), false));
+        let data = std::fs::read(&seg).unwrap();
+        let (lines, _) = parse_lines(&data, usize::MAX).unwrap();
+        let order: Vec<(&str, i64)> = lines.iter().map(|l| (l.sid, l.seq)).collect();
+        assert_eq!(
+            order,
+            [("s", 1), ("s", 2), ("t", 1)],
+            "in call order, chained"
+        );
+        written(j.append(result_of("t"), true));
+        j.flush_pending();
+        let data = std::fs::read(&seg).unwrap();
+        assert_eq!(parse_lines(&data, usize::MAX).unwrap().0.len(), 4);
+        assert_eq!(j.written_pos().offset, data.len() as u64);
     }
 
     #[test]
@@ -829,7 +925,7 @@ mod tests {
         j.stop_accepting();
         assert!(!j.is_open());
         assert!(matches!(
-            j.append(pending("t", start())),
+            j.append(pending("t", start()), false),
             Appended::Refused(m) if m.contains("closed")
         ));
     }
@@ -838,10 +934,10 @@ mod tests {
     fn too_much_unindexed_data_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open(dir.path(), 1 << 20, 100);
-        written(j.append(pending("a", start())));
-        let refused = j.append(pending("b", start()));
+        written(j.append(pending("a", start()), false));
+        let refused = j.append(pending("b", start()), false);
         assert!(matches!(refused, Appended::Refused(m) if m.contains("behind")));
         j.add_indexed_bytes(10_000);
-        written(j.append(pending("b", start())));
+        written(j.append(pending("b", start()), false));
     }
 }

@@ -269,6 +269,7 @@ impl Store {
         if !self.inner.journal.is_open() {
             return Err(StoreError::Closed);
         }
+        self.inner.journal.flush_pending();
         let pos = self.inner.journal.written_pos();
         self.inner
             .journal
@@ -351,25 +352,43 @@ async fn load_head(pool: &SqlitePool, session_id: &str) -> Result<Head, sqlx::Er
     })
 }
 
+fn pending_event(event: &AuditEvent) -> Result<PendingEvent, RecordError> {
+    let body_json = serde_json::to_string(&event.body)
+        .map_err(|e| RecordError::Unavailable(format!("cannot encode audit event: {e}")))?;
+    Ok(PendingEvent {
+        session_id: event.session_id.hyphenated().to_string(),
+        at_us: event.at_us,
+        kind: event.body.kind(),
+        body_json,
+    })
+}
+
 impl AuditSink for Store {
-    fn append(&self, event: AuditEvent) -> RecordFuture {
-        let body_json = match serde_json::to_string(&event.body) {
-            Ok(json) => json,
-            Err(e) => {
-                let err = RecordError::Unavailable(format!("cannot encode audit event: {e}"));
-                return Box::pin(std::future::ready(Err(err)));
+    /// Written to the journal before this returns; nobody waits, so it goes
+    /// out with the next write (or within 50 ms) and costs no syscall or
+    /// fsync of its own.
+    fn append_detached(&self, event: AuditEvent) {
+        let outcome = pending_event(&event).map(|p| self.inner.journal.append(p, true));
+        match outcome {
+            Ok(Appended::Written(_) | Appended::Queued(_)) => {
+                self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        let pending = PendingEvent {
-            session_id: event.session_id.hyphenated().to_string(),
-            at_us: event.at_us,
-            kind: event.body.kind(),
-            body_json,
+            Ok(Appended::Refused(msg)) => {
+                tracing::error!(error = %msg, kind = event.body.kind(), "audit event refused");
+            }
+            Err(e) => tracing::error!(error = %e, "audit event refused"),
+        }
+    }
+
+    fn append(&self, event: AuditEvent) -> RecordFuture {
+        let pending = match pending_event(&event) {
+            Ok(p) => p,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
         // Written here, not inside the future, which fixes the order of a
         // session's events at the call: a caller that drops the future still
         // gets its event written, after the ones it appended earlier.
-        match self.inner.journal.append(pending) {
+        match self.inner.journal.append(pending, false) {
             Appended::Written(pos) => {
                 self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
                 let journal = self.inner.journal.clone();

@@ -152,7 +152,17 @@ pub type RecordFuture = Pin<Box<dyn Future<Output = Result<(), RecordError>> + S
 /// acting await it, others may drop the future and the event is still written
 /// in order.
 pub trait AuditSink: Send + Sync + 'static {
+    /// Appends an event; the future resolves once it is recorded (durably,
+    /// as the sink defines it). The order of a session's events is fixed at
+    /// the call, whether or not the future is awaited.
     fn append(&self, event: AuditEvent) -> RecordFuture;
+
+    /// Appends an event nobody waits for (a command's result). The sink may
+    /// hold it briefly and write it with the next event; its order among
+    /// the session's events is still fixed at the call.
+    fn append_detached(&self, event: AuditEvent) {
+        drop(self.append(event));
+    }
 }
 
 /// A sink that keeps events in memory; for tests and `policy explain`.
