@@ -535,6 +535,21 @@ async fn verify_reports_sessions_whose_events_are_all_gone() {
     store.close().await;
 }
 
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let err = Store::open(&url, StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    assert!(err.to_string().contains("another Airlock process"), "{err}");
+    store.close().await;
+    // Closed: free to open again.
+    open(dir.path()).await.close().await;
+}
+
 /// A broken SQLite index does not lose events (the journal has them), but
 /// reads say so, and once too much waits to be indexed appends are refused:
 /// the gateway fails closed instead of filling the disk.
@@ -602,7 +617,7 @@ fn events_left_in_the_journal_are_indexed_at_the_next_open() {
     };
     let id = Uuid::new_v4();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (journal_dir, mut blocker) = rt.block_on(async {
+    let (store, journal_dir, mut blocker) = rt.block_on(async {
         let store = Store::open(&url, opts).await.unwrap();
         // Another connection holds SQLite's write lock, so the indexer
         // cannot commit anything: the events live only in the journal.
@@ -613,17 +628,22 @@ fn events_left_in_the_journal_are_indexed_at_the_next_open() {
             .unwrap();
         session(&store, id, "alice", 1_000, 3).await;
         let journal_dir = store.journal_dir().to_owned();
-        std::mem::forget(store);
-        (journal_dir, blocker)
+        (store, journal_dir, blocker)
     });
     // The process "dies": its tasks vanish without closing anything.
     rt.shutdown_background();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        // Its file handles go with it (the store's lock among them).
+        drop(store);
         sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-        let segments: Vec<_> = std::fs::read_dir(&journal_dir).unwrap().collect();
+        let segments: Vec<_> = std::fs::read_dir(&journal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
         assert_eq!(segments.len(), 1, "one segment left behind");
-        let seg = segments[0].as_ref().unwrap().path();
+        let seg = segments[0].clone();
         // A write cut short by the crash.
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         std::io::Write::write_all(&mut f, b"{\"sid\":\"torn").unwrap();

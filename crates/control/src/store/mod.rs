@@ -103,6 +103,10 @@ pub enum StoreError {
     IndexBehind(String),
     #[error("the audit journal holds a damaged event: {0}")]
     Corrupt(String),
+    #[error(
+        "the store is in use by another Airlock process (journal {0} is locked); one store serves one gateway"
+    )]
+    InUse(PathBuf),
 }
 
 /// Handle to the store. Cloning is cheap; every clone feeds the same writer.
@@ -119,6 +123,10 @@ struct Inner {
     stats: Arc<Stats>,
     indexer: Mutex<Option<JoinHandle<()>>>,
     slow_lane: Mutex<Option<JoinHandle<()>>>,
+    /// An exclusive lock on the journal directory, held until `close`: a
+    /// second process on the same store would replay and delete the
+    /// segments this one is writing.
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,6 +177,7 @@ impl Store {
                 path: journal_dir.clone(),
                 source,
             })?;
+        let dir_lock = lock_dir(&journal_dir)?;
         // The index commits durably when the journal does: the journal
         // segments are deleted once the index has them, so an index commit
         // lost to a power cut would lose those events.
@@ -229,6 +238,7 @@ impl Store {
                 stats,
                 indexer: Mutex::new(Some(task)),
                 slow_lane: Mutex::new(Some(lane)),
+                dir_lock: Mutex::new(Some(dir_lock)),
             }),
         })
     }
@@ -300,6 +310,28 @@ impl Store {
             tracing::error!(error = %e, "audit indexer task failed");
         }
         self.inner.pool.close().await;
+        // Another process may take the store over from here.
+        drop(self.inner.dir_lock.lock().ok().and_then(|mut l| l.take()));
+    }
+}
+
+/// Takes the journal directory's lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("LOCK");
+    let io = |source| StoreError::Journal {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 
