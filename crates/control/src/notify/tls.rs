@@ -86,6 +86,9 @@ pub fn http_client(ca_file: Option<&Path>, timeout: Duration) -> Result<reqwest:
         .timeout(timeout)
         .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
         .use_preconfigured_tls(tls)
+        // A redirect would carry the signed approval payload to a host
+        // nobody configured; a 3xx is a failed delivery instead.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
@@ -114,6 +117,37 @@ pub(crate) fn is_untrusted_certificate(e: &reqwest::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver that redirects elsewhere does not get the payload sent on:
+    /// the 3xx comes back as the answer (a failed delivery).
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Where a followed redirect would go: a port nobody listens on.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        drop(elsewhere);
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{target}/hook\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let client = http_client(None, Duration::from_secs(10)).unwrap();
+        let resp = client
+            .post(format!("http://{addr}/hook"))
+            .body("{}")
+            .send()
+            .await
+            .expect("the redirect itself is the response");
+        assert_eq!(resp.status().as_u16(), 307);
+        assert!(super::super::webhook::status_result(resp.status()).is_err());
+    }
 
     #[test]
     fn ca_files_must_hold_certificates() {
