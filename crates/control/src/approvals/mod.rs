@@ -368,9 +368,16 @@ impl Broker {
     /// (their sessions are gone), pending access requests get their expiry
     /// timers back, and running grants are loaded.
     pub async fn open(store: &Store, settings: BrokerSettings) -> Result<Broker, StoreError> {
+        // Decisions are as durable as the audit journal, no more: with
+        // `sync = "normal"` they survive an Airlock crash, not a power cut.
+        let synchronous = match store.sync_mode() {
+            crate::store::SyncMode::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            crate::store::SyncMode::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+        };
         let options = SqliteConnectOptions::new()
             .filename(store.path())
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(synchronous);
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_SIZE)
             .connect_with(options)

@@ -127,6 +127,7 @@ struct Inner {
     /// second process on the same store would replay and delete the
     /// segments this one is writing.
     dir_lock: Mutex<Option<std::fs::File>>,
+    sync: SyncMode,
 }
 
 impl std::fmt::Debug for Store {
@@ -239,6 +240,7 @@ impl Store {
                 indexer: Mutex::new(Some(task)),
                 slow_lane: Mutex::new(Some(lane)),
                 dir_lock: Mutex::new(Some(dir_lock)),
+                sync: opts.sync,
             }),
         })
     }
@@ -246,6 +248,11 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How hard commits try to reach the disk.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.inner.sync
     }
 
     /// The journal's directory.
