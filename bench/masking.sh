@@ -40,7 +40,8 @@
 # hits all targets alike.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BENCH_ROWS="${BENCH_ROWS:-1000000}"
 BENCH_SMALL_ROWS="${BENCH_SMALL_ROWS:-100000}"
@@ -49,9 +50,6 @@ BENCH_TARGETS="${BENCH_TARGETS:-direct,off,columns,columns+detectors,detectors}"
 BENCH_STORE_SYNC="${BENCH_STORE_SYNC:-full}"
 STAMP="$(date +%Y-%m-%d-%H%M%S)"
 BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/masking-$STAMP.md}"
-
-say() { printf '[bench] %s\n' "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
 
 case "$BENCH_STORE_SYNC" in full|normal) ;; *) die "BENCH_STORE_SYNC must be full or normal, not '$BENCH_STORE_SYNC'" ;; esac
 [[ "$BENCH_ROWS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROWS must be a positive integer"
@@ -66,109 +64,18 @@ done
 has_target() { [[ ",$BENCH_TARGETS," == *",$1,"* ]]; }
 SIZES=("$BENCH_ROWS" "$BENCH_SMALL_ROWS")
 
-IS_ROOT=0; [ "$(id -u)" -eq 0 ] && IS_ROOT=1
-SUDO=(); [ "$IS_ROOT" -eq 0 ] && SUDO=(sudo)
-
 # ---------------------------------------------------------------------------
-# 0. Dependencies (idempotent)
+# 0. Dependencies (idempotent), 1. Airlock binary, temp dir
 # ---------------------------------------------------------------------------
-pg_bindir() {
-    local d best=""
-    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
-        [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && best="$d"
-    done
-    printf '%s' "$best"
-}
-
 need=()
-[ -n "$(pg_bindir)" ] || need+=(postgresql)
-command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The timer: Perl's Time::HiRes (CLOCK_MONOTONIC); perl-base alone lacks it.
 perl -MTime::HiRes=clock_gettime,CLOCK_MONOTONIC -e 1 >/dev/null 2>&1 || need+=(perl)
-if [ "${#need[@]}" -gt 0 ]; then
-    say "installing: ${need[*]}"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-PGBIN="$(pg_bindir)"
-[ -n "$PGBIN" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
-PSQL="$(command -v psql || echo "$PGBIN/psql")"
-if [ "$IS_ROOT" -eq 1 ]; then
-    id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' OS user (apt-get install postgresql)"
-fi
+install_deps "${need[@]}"
 
-# ---------------------------------------------------------------------------
-# 1. Airlock binary
-# ---------------------------------------------------------------------------
-if [ -n "${AIRLOCK_BIN:-}" ]; then
-    [ -x "$AIRLOCK_BIN" ] || die "AIRLOCK_BIN=$AIRLOCK_BIN is not executable"
-else
-    if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-    fi
-    say "building airlock (cargo build --release -p airlock)"
-    (cd "$ROOT" && cargo build --release -p airlock --quiet)
-    AIRLOCK_BIN="$ROOT/target/release/airlock"
-fi
-
-# ---------------------------------------------------------------------------
-# Temp dir, cleanup
-# ---------------------------------------------------------------------------
-TMP="$(mktemp -d /tmp/airlock-bench.XXXXXX)"   # /tmp: reachable by `postgres`
-chmod 755 "$TMP"
-PGDATA_DIR="$TMP/pgdata"; PGSOCK="$TMP/sock"; PGLOG="$TMP/postgres.log"
-AIRLOCK_PID=""; AIRLOCK_LOG=""; PG_STARTED=0; AIRLOCK_RUNS=0
-
-as_pg() {   # run a PostgreSQL program as `postgres` when we are root
-    if [ "$IS_ROOT" -eq 1 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-stop_airlock() {   # stops the current gateway; returns its exit status
-    local st=0
-    if [ -n "$AIRLOCK_PID" ] && kill -0 "$AIRLOCK_PID" 2>/dev/null; then
-        kill -TERM "$AIRLOCK_PID"
-        for _ in $(seq 1 100); do kill -0 "$AIRLOCK_PID" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$AIRLOCK_PID" 2>/dev/null; then
-            say "airlock did not stop within 10 s of SIGTERM; sending SIGKILL"
-            kill -KILL "$AIRLOCK_PID"
-        fi
-    fi
-    if [ -n "$AIRLOCK_PID" ]; then
-        wait "$AIRLOCK_PID" 2>/dev/null || st=$?
-        [ "$st" -eq 0 ] || say "airlock exited with status $st (log: $AIRLOCK_LOG)"
-    fi
-    AIRLOCK_PID=""
-    return "$st"
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    stop_airlock
-    if [ "$PG_STARTED" -eq 1 ]; then
-        as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 60 stop >/dev/null 2>&1
-    fi
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then
-        say "BENCH_KEEP=1: keeping $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return
-    local p
-    while :; do
-        p=$(( 20000 + RANDOM % 30000 ))
-        ss -Htln "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-    done
-}
-rand_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+locate_airlock_bin
+make_tmp
+AIRLOCK_RUNS=0
 
 # ---------------------------------------------------------------------------
 # 2. PostgreSQL and the table
@@ -178,39 +85,7 @@ DB_PASSWORD="pw-$(rand_hex 12)"
 BENCHER_TOKEN="tok-bencher-$(rand_hex 16)"
 export BENCHER_TOKEN BENCH_DB_PASSWORD="$DB_PASSWORD"
 
-mkdir -p "$PGSOCK"
-[ "$IS_ROOT" -eq 1 ] && chown -R postgres:postgres "$TMP"
-say "initdb ($PGBIN)"
-as_pg env LC_ALL=C LANG=C "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-# Defaults otherwise (fsync, synchronous_commit, shared_buffers, ...).
-cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
-
-# --- airlock bench ---
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$PGSOCK'
-password_encryption = 'scram-sha-256'
-EOF
-cat >"$PGDATA_DIR/pg_hba.conf" <<EOF
-local  all  all                 trust
-host   all  all  127.0.0.1/32   scram-sha-256
-EOF
-
-PG_PORT=""
-for attempt in 1 2 3 4 5; do
-    PG_PORT="$(free_port)"
-    if as_pg env LC_ALL=C "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 120 -o "-p $PG_PORT" start >/dev/null 2>&1; then
-        PG_STARTED=1; break
-    fi
-    grep -q -e 'Address already in use' -e 'could not create any TCP/IP sockets' "$PGLOG" 2>/dev/null \
-        || { tail -n 30 "$PGLOG" >&2; die "PostgreSQL failed to start"; }
-done
-[ "$PG_STARTED" -eq 1 ] || die "PostgreSQL: no free port after 5 attempts"
-say "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
-
-admin_sql() {   # superuser over the unix socket
-    as_pg "$PSQL" -X -q -v ON_ERROR_STOP=1 -At -h "$PGSOCK" -p "$PG_PORT" -U postgres -d "${2:-postgres}" -c "$1"
-}
+start_postgres
 admin_sql "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD';"
 admin_sql "CREATE DATABASE bench OWNER $DB_USER;"
 
@@ -251,41 +126,13 @@ export PGAPPNAME=masking-bench
 #    per measured run
 # ---------------------------------------------------------------------------
 mkdir -p "$TMP/airlock-data"
-connection_block() {
-    cat <<EOF
-
-[[connections]]
-name = "$1"
-protocol = "postgres"
-host = "127.0.0.1"
-port = $PG_PORT
-database = "bench"
-username = "$DB_USER"
-password_env = "BENCH_DB_PASSWORD"
-tls = "disable"
-tags = ["bench"]
-EOF
-}
+connection_block() { airlock_connection "$1" bench BENCH_DB_PASSWORD bench; }
 {
-    cat <<EOF
-[server]
-api_listen = "127.0.0.1:0"
-data_dir = "$TMP/airlock-data"
-
-[store]
-sync = "$BENCH_STORE_SYNC"
-
-[listeners]
-postgres = "127.0.0.1:0"
-
-# A human in "dba" but not in "pii-readers": the default policy allows reads
-# on a connection without the "production" tag, and does not allow unmask.
-[[identities]]
-name = "bencher"
-kind = "human"
-groups = ["dba"]
-token_env = "BENCHER_TOKEN"
-EOF
+    airlock_config_head
+    # A human in "dba" but not in "pii-readers": the default policy allows
+    # reads on a connection without the "production" tag, and does not allow
+    # unmask.
+    airlock_identity bencher human dba BENCHER_TOKEN
     connection_block plain     # off
     connection_block masked    # columns
     connection_block detect    # columns+detectors
@@ -316,28 +163,12 @@ target_conn() {   # target -> Airlock connection name (empty for direct)
     esac
 }
 
-AIRLOCK_PORT=""; AIRLOCK_API=""
-start_airlock() {   # a fresh gateway; sets AIRLOCK_PID, AIRLOCK_PORT, AIRLOCK_API, AIRLOCK_LOG
+AIRLOCK_READY_SECS=30
+start_fresh_airlock() {   # a new gateway process, logs in TMP/airlock-<n>.{out,log}
     AIRLOCK_RUNS=$(( AIRLOCK_RUNS + 1 ))
-    local out="$TMP/airlock-$AIRLOCK_RUNS.out"
+    AIRLOCK_OUT="$TMP/airlock-$AIRLOCK_RUNS.out"
     AIRLOCK_LOG="$TMP/airlock-$AIRLOCK_RUNS.log"
-    : >"$out"
-    NO_COLOR=1 "$AIRLOCK_BIN" serve --config "$TMP/airlock.toml" >"$out" 2>"$AIRLOCK_LOG" </dev/null &
-    AIRLOCK_PID=$!
-    local ready=""
-    for _ in $(seq 1 600); do
-        ready="$(grep -m1 '^airlock ready' "$out" || true)"
-        [ -n "$ready" ] && break
-        kill -0 "$AIRLOCK_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    if [ -z "$ready" ]; then
-        tail -n 40 "$AIRLOCK_LOG" >&2
-        die "airlock serve did not print its ready line within 30 s"
-    fi
-    AIRLOCK_PORT="$(sed -n 's/.* postgres=[^ ]*:\([0-9]\+\).*/\1/p' <<<"$ready")"
-    AIRLOCK_API="$(sed -n 's/.* api=\([^ ]*\).*/\1/p' <<<"$ready")"
-    [ -n "$AIRLOCK_PORT" ] || die "cannot parse the postgres port from: $ready"
+    start_airlock
 }
 
 # ---------------------------------------------------------------------------
@@ -406,8 +237,6 @@ check_output() {   # target file rows
 }
 
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-CLK_TCK="$(getconf CLK_TCK)"
 bytes_to_client() {
     curl -fsS --max-time 5 "http://$AIRLOCK_API/metrics" 2>/dev/null \
         | awk '$1 ~ /^airlock_bytes_total\{/ && $1 ~ /direction="to_client"/ && $1 ~ /protocol="postgres"/ { s += $2 } END { printf "%.0f\n", s + 0 }'
@@ -416,7 +245,7 @@ bytes_to_client() {
 # ---------------------------------------------------------------------------
 # 5. Warm-up: read the whole large result once per target and check every row
 # ---------------------------------------------------------------------------
-start_airlock
+start_fresh_airlock
 say "Airlock (fresh process per measured run; this one for the warm-up), store sync=$BENCH_STORE_SYNC"
 declare -A RESULT_BYTES
 DIRECT_SUM=""
@@ -456,7 +285,7 @@ for rep in $(seq 1 "$BENCH_REPS"); do
             n=$(( n + 1 ))
             gw="-"; hwm0="-"; rss0="-"; hwm1="-"; rss1="-"; bytes="-"
             if [ "$target" != direct ]; then
-                start_airlock
+                start_fresh_airlock
                 # A few rows through this connection: masked (or raw) as they
                 # must be. Also resolves the table's columns for the rules.
                 run_psql "$target" "$(query 5)" "$TMP/smoke.txt" \
@@ -505,7 +334,6 @@ maxof() { sort -g | tail -n1; }
 med() { col "$1" "$2" "$3" | median; }
 rate() { [ -n "$2" ] && awk -v r="$1" -v w="$2" 'BEGIN{printf "%.0f", r/w}' || printf ''; }
 fmt_int() { [ -n "$1" ] && printf "%'d" "$1" 2>/dev/null || printf 'n/a'; }
-ratio() { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "n/a" }'; else printf 'n/a'; fi; }
 mib() { [ -n "$1" ] && awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}' || printf 'n/a'; }
 # Per-repetition ratio range: run i of target a over run i of target b (the
 # same repetition, i.e. close in time).
@@ -522,9 +350,7 @@ label() {
     esac
 }
 
-CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-GIT_REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-GIT_DIRTY="$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (uncommitted changes)' || true)"
+report_facts
 declare -A MED_WALL
 for t in "${TARGETS[@]}"; do for r in "${SIZES[@]}"; do MED_WALL["$t,$r"]="$(med "$t" "$r" 1)"; done; done
 
@@ -533,11 +359,11 @@ for t in "${TARGETS[@]}"; do for r in "${SIZES[@]}"; do MED_WALL["$t,$r"]="$(med
     echo
     echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on)"
     echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); psql, PostgreSQL and Airlock share the machine"
-    echo "- PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') (defaults); psql $("$PSQL" --version | awk '{print $3}'); table \`customers(id int4, name text, email text, card_number text)\`, $BENCH_ROWS rows, $TABLE_SIZE"
+    echo "- PostgreSQL $PG_VERSION (defaults); psql $("$PSQL" --version | awk '{print $3}'); table \`customers(id int4, name text, email text, card_number text)\`, $BENCH_ROWS rows, $TABLE_SIZE"
     echo "- query: \`$(query N)\` with N = $BENCH_ROWS and $BENCH_SMALL_ROWS; client: \`psql -X -A -t -q -c \"...\" -o /dev/null\` (simple protocol, text format), the whole process timed with CLOCK_MONOTONIC (includes psql start-up, connection and authentication); $BENCH_REPS repetitions per target and size, order alternating; medians"
     echo "- result as psql prints it: $(fmt_int "${RESULT_BYTES[direct]:-${RESULT_BYTES[off]:-}}") bytes for $BENCH_ROWS rows; every warm-up row checked on every target (raw on direct and off, byte-identical; masked e-mail and card on every masked target)"
     echo "- each Airlock run: a fresh \`airlock serve\`; VmHWM reset (\`clear_refs\` 5) after start-up and a 5-row check$( [ "$CLEAR_REFS_OK" -eq 1 ] || echo ' (**reset refused: VmHWM includes start-up**)'), so \"peak during SELECT\" is the SELECT's own peak RSS; gateway CPU = utime + stime of the process over the SELECT"
-    echo "- 1-min load average before the runs: $(printf '%s ' "${LOADS[@]}" | awk '{min=$1;max=$1;for(i=1;i<=NF;i++){if($i<min)min=$i;if($i>max)max=$i}; print min "–" max}')"
+    echo "- 1-min load average before the runs: $(min_max "${LOADS[@]}")"
     echo
     echo "## Throughput ($BENCH_ROWS rows)"
     echo
@@ -631,10 +457,5 @@ for t in "${TARGETS[@]}"; do for r in "${SIZES[@]}"; do MED_WALL["$t,$r"]="$(med
     echo '```'
 } >"$TMP/report.md"
 
-mkdir -p "$(dirname "$BENCH_OUT")"
-cp "$TMP/report.md" "$BENCH_OUT"
-echo
-cat "$TMP/report.md"
-echo
-say "markdown written to ${BENCH_OUT#"$ROOT"/}"
+write_report
 [ "${#FAILURES[@]}" -eq 0 ] || exit 1

@@ -29,7 +29,8 @@
 # TPS is pgbench's "without initial connection time"; latency is "latency average".
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 BENCH_SECONDS="${BENCH_SECONDS:-20}"
 BENCH_WARMUP="${BENCH_WARMUP:-3}"
@@ -40,116 +41,35 @@ BENCH_TARGETS="${BENCH_TARGETS:-direct,airlock,pgbouncer}"
 STAMP="$(date +%Y-%m-%d-%H%M%S)"
 BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC${BENCH_WORKER_THREADS:+-threads-$BENCH_WORKER_THREADS}.md}"
 
-say() { printf '[bench] %s\n' "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-
 case "$BENCH_STORE_SYNC" in full|normal) ;; *) die "BENCH_STORE_SYNC must be full or normal, not '$BENCH_STORE_SYNC'" ;; esac
 [[ "$BENCH_SECONDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
 [[ "$BENCH_WARMUP" =~ ^[0-9]+$ ]] || die "BENCH_WARMUP must be an integer"
 
-IS_ROOT=0; [ "$(id -u)" -eq 0 ] && IS_ROOT=1
-SUDO=(); [ "$IS_ROOT" -eq 0 ] && SUDO=(sudo)
-
 # ---------------------------------------------------------------------------
-# 0. Dependencies (idempotent)
+# 0. Dependencies (idempotent), 1. Airlock binary, temp dir
 # ---------------------------------------------------------------------------
-pg_bindir() {
-    local d best=""
-    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V); do
-        [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && best="$d"
-    done
-    printf '%s' "$best"
-}
-
 need=()
-[ -n "$(pg_bindir)" ] || need+=(postgresql)
 command -v pgbench >/dev/null 2>&1 || [ -x "$(pg_bindir)/pgbench" ] || need+=(postgresql-contrib)
-command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ "${#need[@]}" -gt 0 ]; then
-    say "installing: ${need[*]}"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-PGBIN="$(pg_bindir)"
-[ -n "$PGBIN" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
+install_deps "${need[@]}"
 PGBENCH="$(command -v pgbench || echo "$PGBIN/pgbench")"
-PSQL="$(command -v psql || echo "$PGBIN/psql")"
 PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
-if [ "$IS_ROOT" -eq 1 ]; then
-    id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' OS user (apt-get install postgresql)"
-fi
 
-# ---------------------------------------------------------------------------
-# 1. Airlock binary
-# ---------------------------------------------------------------------------
-if [ -n "${AIRLOCK_BIN:-}" ]; then
-    [ -x "$AIRLOCK_BIN" ] || die "AIRLOCK_BIN=$AIRLOCK_BIN is not executable"
-else
-    if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
-        export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-    fi
-    say "building airlock (cargo build --release -p airlock)"
-    (cd "$ROOT" && cargo build --release -p airlock --quiet)
-    AIRLOCK_BIN="$ROOT/target/release/airlock"
-fi
+locate_airlock_bin
+make_tmp
+PGB_STARTED=0
 
-# ---------------------------------------------------------------------------
-# Temp dir, cleanup
-# ---------------------------------------------------------------------------
-TMP="$(mktemp -d /tmp/airlock-bench.XXXXXX)"   # /tmp: reachable by `postgres`
-chmod 755 "$TMP"
-PGDATA_DIR="$TMP/pgdata"; PGSOCK="$TMP/sock"; PGLOG="$TMP/postgres.log"
-AIRLOCK_PID=""; PG_STARTED=0; PGB_STARTED=0
-
-as_pg() {   # run a PostgreSQL/PgBouncer program as `postgres` when we are root
-    if [ "$IS_ROOT" -eq 1 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    if [ -n "$AIRLOCK_PID" ] && kill -0 "$AIRLOCK_PID" 2>/dev/null; then
-        kill -TERM "$AIRLOCK_PID"
-        for _ in $(seq 1 100); do kill -0 "$AIRLOCK_PID" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$AIRLOCK_PID" 2>/dev/null; then
-            say "airlock did not stop within 10 s of SIGTERM; sending SIGKILL"
-            kill -KILL "$AIRLOCK_PID"
-        fi
-        wait "$AIRLOCK_PID" 2>/dev/null
-        local st=$?
-        [ "$st" -eq 0 ] || say "airlock exited with status $st (log: $AIRLOCK_LOG)"
-    fi
+stop_pgbouncer() {   # CLEANUP_HOOK
     if [ "$PGB_STARTED" -eq 1 ] && [ -s "$TMP/pgbouncer.pid" ]; then
         local p; p="$(cat "$TMP/pgbouncer.pid")"
         kill -TERM "$p" 2>/dev/null
         for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
     fi
-    if [ "$PG_STARTED" -eq 1 ]; then
-        as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 60 stop >/dev/null 2>&1
-    fi
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then
-        say "BENCH_KEEP=1: keeping $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
+    return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null && return
-    local p
-    while :; do
-        p=$(( 20000 + RANDOM % 30000 ))
-        ss -Htln "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-    done
-}
-rand_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+CLEANUP_HOOK=stop_pgbouncer
 
 # ---------------------------------------------------------------------------
 # 2. PostgreSQL
@@ -159,40 +79,7 @@ DB_PASSWORD="pw-$(rand_hex 12)"
 BENCHER_TOKEN="tok-bencher-$(rand_hex 16)"
 export BENCHER_TOKEN BENCH_DB_PASSWORD="$DB_PASSWORD"
 
-mkdir -p "$PGSOCK"
-[ "$IS_ROOT" -eq 1 ] && chown -R postgres:postgres "$TMP"
-say "initdb ($PGBIN)"
-as_pg env LC_ALL=C LANG=C "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C >"$TMP/initdb.log" 2>&1 \
-    || { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
-# Defaults otherwise (fsync, synchronous_commit, shared_buffers, ...).
-cat >>"$PGDATA_DIR/postgresql.conf" <<EOF
-
-# --- airlock bench ---
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$PGSOCK'
-max_connections = 200
-password_encryption = 'scram-sha-256'
-EOF
-cat >"$PGDATA_DIR/pg_hba.conf" <<EOF
-local  all  all                 trust
-host   all  all  127.0.0.1/32   scram-sha-256
-EOF
-
-PG_PORT=""
-for attempt in 1 2 3 4 5; do
-    PG_PORT="$(free_port)"
-    if as_pg env LC_ALL=C "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 120 -o "-p $PG_PORT" start >/dev/null 2>&1; then
-        PG_STARTED=1; break
-    fi
-    grep -q -e 'Address already in use' -e 'could not create any TCP/IP sockets' "$PGLOG" 2>/dev/null \
-        || { tail -n 30 "$PGLOG" >&2; die "PostgreSQL failed to start"; }
-done
-[ "$PG_STARTED" -eq 1 ] || die "PostgreSQL: no free port after 5 attempts"
-say "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
-
-admin_sql() {   # superuser over the unix socket
-    as_pg "$PSQL" -X -q -v ON_ERROR_STOP=1 -At -h "$PGSOCK" -p "$PG_PORT" -U postgres -d "${2:-postgres}" -c "$1"
-}
+start_postgres "max_connections = 200"
 admin_sql "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD';"
 admin_sql "CREATE DATABASE bench OWNER $DB_USER;"
 
@@ -203,67 +90,21 @@ PGPASSWORD="$DB_PASSWORD" "$PGBENCH" -i -q -s "$BENCH_SCALE" -h 127.0.0.1 -p "$P
     || { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
 # The disk's fdatasync latency bounds Airlock's group commit with sync=full.
-FDATASYNC_US=""
-if [ -x "$PGBIN/pg_test_fsync" ]; then
-    FDATASYNC_US="$("$PGBIN/pg_test_fsync" -s 1 -f "$TMP/fsync.test" 2>/dev/null \
-        | awk '/one 8kB write/{b=1} b && $1=="fdatasync"{print $(NF-1); exit}')" || true
-    rm -f "$TMP/fsync.test"
-    say "fdatasync of one 8 kB write in $TMP: ${FDATASYNC_US:-?} µs"
-fi
+measure_fdatasync
 
 # ---------------------------------------------------------------------------
 # 3a. Airlock
 # ---------------------------------------------------------------------------
 has_target() { [[ ",$BENCH_TARGETS," == *",$1,"* ]]; }
-AIRLOCK_PORT=""; AIRLOCK_API=""; AIRLOCK_LOG="$TMP/airlock.log"
 if has_target airlock; then
     mkdir -p "$TMP/airlock-data"
-    cat >"$TMP/airlock.toml" <<EOF
-[server]
-api_listen = "127.0.0.1:0"
-data_dir = "$TMP/airlock-data"
-
-[store]
-sync = "$BENCH_STORE_SYNC"
-
-[listeners]
-postgres = "127.0.0.1:0"
-
-[[identities]]
-name = "bencher"
-kind = "human"
-groups = ["dba"]
-token_env = "BENCHER_TOKEN"
-
-[[connections]]
-name = "bench"
-protocol = "postgres"
-host = "127.0.0.1"
-port = $PG_PORT
-database = "bench"
-username = "$DB_USER"
-password_env = "BENCH_DB_PASSWORD"
-tls = "disable"
-tags = ["bench"]
-EOF
-    : >"$TMP/airlock.out"
-    NO_COLOR=1 "$AIRLOCK_BIN" serve --config "$TMP/airlock.toml" ${BENCH_WORKER_THREADS:+--worker-threads "$BENCH_WORKER_THREADS"} >"$TMP/airlock.out" 2>"$AIRLOCK_LOG" </dev/null &
-    AIRLOCK_PID=$!
-    ready=""
-    for _ in $(seq 1 600); do
-        ready="$(grep -m1 '^airlock ready' "$TMP/airlock.out" || true)"
-        [ -n "$ready" ] && break
-        kill -0 "$AIRLOCK_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ -z "$ready" ]; then
-        tail -n 40 "$AIRLOCK_LOG" >&2
-        die "airlock serve did not print its ready line within 60 s"
-    fi
-    AIRLOCK_PORT="$(sed -n 's/.* postgres=[^ ]*:\([0-9]\+\).*/\1/p' <<<"$ready")"
-    AIRLOCK_API="$(sed -n 's/.* api=\([^ ]*\).*/\1/p' <<<"$ready")"
-    [ -n "$AIRLOCK_PORT" ] || die "cannot parse the postgres port from: $ready"
-    say "Airlock ($ready), store sync=$BENCH_STORE_SYNC"
+    {
+        airlock_config_head
+        airlock_identity bencher human dba BENCHER_TOKEN
+        airlock_connection bench bench BENCH_DB_PASSWORD bench
+    } >"$TMP/airlock.toml"
+    start_airlock ${BENCH_WORKER_THREADS:+--worker-threads "$BENCH_WORKER_THREADS"}
+    say "Airlock ($AIRLOCK_READY), store sync=$BENCH_STORE_SYNC"
     PGPASSWORD="$BENCHER_TOKEN" "$PSQL" -X -q -At -h 127.0.0.1 -p "$AIRLOCK_PORT" -U bencher -d bench \
         -c "SELECT count(*) FROM pgbench_branches" >/dev/null \
         || { tail -n 40 "$AIRLOCK_LOG" >&2; die "smoke query through Airlock failed"; }
@@ -348,11 +189,6 @@ metrics_delta() {   # before-file after-file seconds -> "fsyncs/s ms/fsync appen
         }'
 }
 
-CLK_TCK="$(getconf CLK_TCK)"
-airlock_cpu_ticks() {   # utime + stime of the gateway process
-    awk '{print $14 + $15}' "/proc/$AIRLOCK_PID/stat" 2>/dev/null || echo 0
-}
-
 SCENARIOS=()
 for script in select-only tpcb; do
     for clients in 1 16; do
@@ -414,15 +250,15 @@ for scen in "${SCENARIOS[@]}"; do
         LOADS+=("$load")
         say "[$n/$total] $scen via $target (${BENCH_SECONDS}s, load average $load)"
         rc=0
-        if [ "$target" = airlock ]; then metrics_snapshot >"$log.m0"; cpu0="$(airlock_cpu_ticks)"; fi
+        if [ "$target" = airlock ]; then metrics_snapshot >"$log.m0"; cpu0="$(cpu_ticks "$AIRLOCK_PID")"; fi
         run_pgbench "$scen" "$target" "$BENCH_SECONDS" "$log" || rc=$?
         if [ "$target" = airlock ]; then
-            cpu1="$(airlock_cpu_ticks)"
+            cpu1="$(cpu_ticks "$AIRLOCK_PID")"
             metrics_snapshot >"$log.m1"
             cpu_pct="$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v secs="$BENCH_SECONDS" 'BEGIN{printf "%.0f", (b-a)/hz/secs*100}')"
             STORE["$scen"]="$(metrics_delta "$log.m0" "$log.m1" "$BENCH_SECONDS") $cpu_pct"
-            read -r cps mspc epc dus cus cpu <<<"${STORE[$scen]}"
-            say "  airlock: $cps commits/s, $mspc ms/commit, $epc events/commit, decide $dus µs, command $cus µs, CPU $cpu%"
+            read -r fps msps aus ics epc dus cus cpu <<<"${STORE[$scen]}"
+            say "  airlock: $fps fsyncs/s, $msps ms/fsync, append $aus µs, $ics index commits/s, $epc events/commit, decide $dus µs, command $cus µs, CPU $cpu%"
         fi
         tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$log" | head -n1)"
         lat="$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$log" | head -n1)"
@@ -451,23 +287,20 @@ done
 # ---------------------------------------------------------------------------
 fmt_tps() { [ -n "$1" ] && printf '%.0f' "$1" || printf 'n/a'; }
 fmt_lat() { [ -n "$1" ] && printf '%.3f' "$1" || printf 'n/a'; }
-ratio()   { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else printf "n/a" }'; else printf 'n/a'; fi; }
 added_us() {   # airlock_lat direct_lat statements_per_tx
     if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v d="$2" -v n="$3" 'BEGIN{ printf "%.0f", (a-d)*1000/n }'; else printf 'n/a'; fi
 }
 
-CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-GIT_REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-GIT_DIRTY="$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (uncommitted changes)' || true)"
+report_facts
 
 {
     echo "# pgbench: direct vs Airlock vs PgBouncer"
     echo
     echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); worker threads: ${BENCH_WORKER_THREADS:-one per CPU}"
     echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); pgbench, PostgreSQL, PgBouncer and Airlock share the machine"
-    echo "- PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}') (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
+    echo "- PostgreSQL $PG_VERSION (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
     echo "- each run: ${BENCH_WARMUP} s warm-up, then ${BENCH_SECONDS} s; \`-n\`; 16 clients use \`-j 2\`; TPS without initial connection time; latency = pgbench average per transaction (ms)"
-    echo "- fdatasync of one 8 kB write (pg_test_fsync, temp dir): ${FDATASYNC_US:-n/a} µs; 1-min load average before the runs: $(printf '%s ' "${LOADS[@]}" | awk '{min=$1;max=$1;for(i=1;i<=NF;i++){if($i<min)min=$i;if($i>max)max=$i}; print min "–" max}') (pgbench + PostgreSQL + proxy account for ~1–2 of it; more means other work on the machine)"
+    echo "- fdatasync of one 8 kB write (pg_test_fsync, temp dir): ${FDATASYNC_US:-n/a} µs; 1-min load average before the runs: $(min_max "${LOADS[@]}") (pgbench + PostgreSQL + proxy account for ~1–2 of it; more means other work on the machine)"
     echo "- added µs/stmt (1 client only): (Airlock avg latency − direct avg latency) / statements per transaction (select-only: 1, tpcb: 7)"
     echo
     echo "| scenario | direct TPS | airlock TPS | pgbouncer TPS | airlock/direct | airlock/pgbouncer | direct lat ms | airlock lat ms | pgbouncer lat ms | added µs/stmt (1 client) |"
@@ -506,10 +339,5 @@ GIT_DIRTY="$(cd "$ROOT" && git status --porcelain --untracked-files=no 2>/dev/nu
     fi
 } >"$TMP/report.md"
 
-mkdir -p "$(dirname "$BENCH_OUT")"
-cp "$TMP/report.md" "$BENCH_OUT"
-echo
-cat "$TMP/report.md"
-echo
-say "markdown written to ${BENCH_OUT#"$ROOT"/}"
+write_report
 [ "${#FAILURES[@]}" -eq 0 ] || exit 1
