@@ -918,6 +918,10 @@ impl ServerHalf {
                 self.need = 0;
             }
             tokio::select! {
+                // Control first: an error the client half queued before it
+                // ended must reach the client before the upstream's EOF
+                // ends this half.
+                biased;
                 ctl = rx.recv(), if rx_open => match ctl {
                     Some(ctl) => {
                         if let Err(e) = self.control(ctl, &mut cw).await {
@@ -927,7 +931,14 @@ impl ServerHalf {
                     None => rx_open = false,
                 },
                 r = ur.read_buf(&mut buf) => match r {
-                    Ok(0) => break "upstream closed the connection".to_string(),
+                    Ok(0) => {
+                        while let Ok(ctl) = rx.try_recv() {
+                            if self.control(ctl, &mut cw).await.is_err() {
+                                break;
+                            }
+                        }
+                        break "upstream closed the connection".to_string();
+                    }
                     Ok(_) => {}
                     Err(e) => break format!("upstream read failed: {e}"),
                 },
