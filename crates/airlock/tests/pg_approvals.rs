@@ -402,14 +402,21 @@ fn fifty_sessions_wait_at_once_while_others_keep_working() {
     let script = r#"
 import sys, threading, psycopg
 ci = sys.argv[1]
+# print() from many threads can interleave two lines into one; one lock,
+# one write per line.
+out = threading.Lock()
+def say(*parts):
+    with out:
+        sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+        sys.stdout.flush()
 def run(i):
     with psycopg.connect(ci, autocommit=True) as conn:
-        conn.add_notice_handler(lambda d: print("NOTICE", i, d.message_primary, flush=True))
+        conn.add_notice_handler(lambda d: say("NOTICE", i, d.message_primary))
         try:
             conn.execute("INSERT INTO payments VALUES (%s, 1)" % (100 + i))
-            print("OK", i, flush=True)
+            say("OK", i)
         except psycopg.Error as e:
-            print("ERR", i, e.sqlstate, flush=True)
+            say("ERR", i, e.sqlstate)
 threads = [threading.Thread(target=run, args=(i,)) for i in range(50)]
 for t in threads: t.start()
 for t in threads: t.join()
@@ -427,7 +434,7 @@ print("DONE", flush=True)
     while ids.len() < 50 {
         let line = lines.next().expect("notice").unwrap();
         let marker = "statement held for approval ";
-        if let Some(at) = line.find(marker) {
+        for (at, _) in line.match_indices(marker) {
             ids.push(
                 line[at + marker.len()..]
                     .split(':')
