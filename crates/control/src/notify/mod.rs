@@ -34,7 +34,7 @@ pub use tls::read_ca_file;
 /// Attempts per delivery, the first included.
 pub const MAX_ATTEMPTS: u32 = 5;
 /// Wait before the second attempt; doubled after each failure.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// One HTTP delivery may take this long before it counts as failed.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
