@@ -27,14 +27,25 @@ pub fn event_hash(e: &ChainInput<'_>) -> String {
     h.update(b"\n");
     h.update(e.session_id.as_bytes());
     h.update(b"\n");
-    h.update(e.seq.to_string().as_bytes());
+    h.update(decimal(e.seq, &mut [0; 20]));
     h.update(b"\n");
-    h.update(e.at_us.to_string().as_bytes());
+    h.update(decimal(e.at_us, &mut [0; 20]));
     h.update(b"\n");
     h.update(e.kind.as_bytes());
     h.update(b"\n");
     h.update(e.body.as_bytes());
     hex::encode(h.finalize())
+}
+
+/// `n` in decimal, written into `buf` (no allocation: this runs for every
+/// event on the statement path).
+pub(crate) fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    // 20 bytes hold every i64, sign included.
+    let _ = write!(cur, "{n}");
+    let len = cur.position() as usize;
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -49,6 +60,13 @@ mod tests {
             at_us: 10,
             kind: "k",
             body,
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, -1, 1_795_282_109_477_156, i64::MIN, i64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
         }
     }
 

@@ -35,7 +35,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::SyncMode;
-use super::chain::{ChainInput, GENESIS, event_hash};
+use super::chain::{ChainInput, GENESIS, decimal, event_hash};
 
 /// An event serialised by the appender, so JSON work happens on the
 /// caller's thread and the journal lock covers only chaining and the write.
@@ -348,11 +348,12 @@ impl Journal {
             *st.slow.entry(sid).or_default() += 1;
             return Appended::Queued(outcome);
         };
+        let before = st.pos;
         let result = self.write_event(&mut st, &ev, prev, detached);
         drop(st);
         match result {
             Ok(pos) => {
-                self.wrote(started);
+                self.wrote(started, pos != before);
                 Appended::Written(pos)
             }
             Err(e) => {
@@ -382,7 +383,7 @@ impl Journal {
         };
         drop(st);
         match &result {
-            Ok(_) => self.wrote(started),
+            Ok(_) => self.wrote(started, true),
             Err(_) => self.metrics.errors.increment(1),
         }
         result
@@ -417,13 +418,16 @@ impl Journal {
         Ok(())
     }
 
-    /// Metrics and wake-ups after a write (outside the lock).
-    fn wrote(&self, started: std::time::Instant) {
+    /// Metrics after an append, and (if bytes reached the file) a wake-up
+    /// for the indexer. Outside the lock.
+    fn wrote(&self, started: std::time::Instant, to_file: bool) {
         self.metrics.events.increment(1);
         self.metrics
             .append_seconds
             .record(started.elapsed().as_secs_f64());
-        self.written.notify_one();
+        if to_file {
+            self.written.notify_one();
+        }
     }
 
     /// Chains `ev` after `prev` and writes it (after any pending lines, in
@@ -673,9 +677,9 @@ fn encode_line(out: &mut Vec<u8>, ev: &PendingEvent, seq: i64, prev: &str, hash:
     out.extend_from_slice(b"{\"sid\":\"");
     out.extend_from_slice(ev.session_id.as_bytes());
     out.extend_from_slice(b"\",\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(decimal(seq, &mut [0; 20]));
     out.extend_from_slice(b",\"at\":");
-    out.extend_from_slice(ev.at_us.to_string().as_bytes());
+    out.extend_from_slice(decimal(ev.at_us, &mut [0; 20]));
     out.extend_from_slice(b",\"kind\":\"");
     out.extend_from_slice(ev.kind.as_bytes());
     out.extend_from_slice(b"\",\"prev\":\"");
