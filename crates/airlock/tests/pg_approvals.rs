@@ -114,6 +114,17 @@ fn cli(gw: &Gateway, identity: &str, args: &[&str]) -> std::process::Output {
         .expect("run airlock CLI")
 }
 
+/// `identity` approves request `id` through the CLI; fails the test if the
+/// CLI refuses.
+fn approve(gw: &Gateway, identity: &str, id: &str) {
+    let out = cli(gw, identity, &["approvals", "approve", id]);
+    assert!(
+        out.status.success(),
+        "{identity} could not approve {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn status_of(gw: &Gateway, id: &str) -> String {
     let out = cli(gw, "alice", &["approvals", "show", id, "--json"]);
     assert!(
@@ -318,21 +329,13 @@ permit (principal, action == Airlock::Action::"sql:write", resource) when { cont
         &["UPDATE payments SET amount = 0 WHERE id = 1"],
     );
     let id = c.held_id();
-    assert!(
-        cli(&gw, "alice", &["approvals", "approve", &id])
-            .status
-            .success()
-    );
+    approve(&gw, "alice", &id);
     assert_eq!(status_of(&gw, &id), "pending", "one of two approvals");
     assert!(
         c.child.try_wait().unwrap().is_none(),
         "the client is still waiting"
     );
-    assert!(
-        cli(&gw, "bob", &["approvals", "approve", &id])
-            .status
-            .success()
-    );
+    approve(&gw, "bob", &id);
     let rest = c.rest();
     assert!(rest.contains("OK UPDATE 1"), "{rest}");
     assert_eq!(
@@ -382,11 +385,7 @@ fn a_held_statement_inside_a_transaction_commits_with_it() {
     );
     assert_eq!(c.next_line(), "OK SELECT 1");
     let id = c.held_id();
-    assert!(
-        cli(&gw, "alice", &["approvals", "approve", &id])
-            .status
-            .success()
-    );
+    approve(&gw, "alice", &id);
     let rest = c.rest();
     assert!(rest.contains("OK INSERT 0 1"), "{rest}");
     assert_eq!(
@@ -468,11 +467,7 @@ print("DONE", flush=True)
     let v: serde_json::Value = serde_json::from_slice(&pending.stdout).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(50), "{v}");
     for id in &ids {
-        assert!(
-            cli(&gw, "alice", &["approvals", "approve", id])
-                .status
-                .success()
-        );
+        approve(&gw, "alice", id);
     }
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let _ = child.wait();
