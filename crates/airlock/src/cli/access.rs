@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use super::Failure;
-use super::approvals::{SseReader, event_line, fmt_time, print_json, short_id};
-use super::client::ApiClient;
+use super::approvals::{SseReader, event_line, fmt_time, short_id};
+use super::client::{ApiClient, print_json};
 use super::table::Table;
 
 #[derive(Debug, Subcommand)]
@@ -90,14 +90,11 @@ pub async fn run(cmd: AccessCmd) -> anyhow::Result<()> {
             if active {
                 query.push(("active", "true".into()));
             }
-            let path = ["api", "access"];
-            if json {
-                print_json(&client.get_value(&path, &query).await?)
-            } else {
-                let grants: Vec<Grant> = client.get(&path, &query).await?;
-                print!("{}", list_table(&grants));
-                Ok(())
-            }
+            client
+                .print(&["api", "access"], &query, json, |g: &Vec<Grant>| {
+                    list_table(g)
+                })
+                .await
         }
         AccessCmd::Revoke { id, json } => {
             let value = client

@@ -9,7 +9,7 @@ use airlock_pipeline::approvals::{ApprovalSubject, DecisionKind};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use super::client::ApiClient;
+use super::client::{ApiClient, print_json};
 use super::table::{Table, truncate};
 
 #[derive(Debug, Subcommand)]
@@ -84,24 +84,19 @@ pub async fn run(cmd: ApprovalsCmd) -> anyhow::Result<()> {
             query.extend(status.map(|v| ("status", v)));
             query.extend(connection.map(|v| ("connection", v)));
             query.extend(identity.map(|v| ("identity", v)));
-            let path = ["api", "approvals"];
-            if json {
-                print_json(&client.get_value(&path, &query).await?)
-            } else {
-                let records: Vec<ApprovalRecord> = client.get(&path, &query).await?;
-                print!("{}", list_table(&records));
-                Ok(())
-            }
+            client
+                .print(
+                    &["api", "approvals"],
+                    &query,
+                    json,
+                    |r: &Vec<ApprovalRecord>| list_table(r),
+                )
+                .await
         }
         ApprovalsCmd::Show { id, json } => {
-            let path = ["api", "approvals", id.as_str()];
-            if json {
-                print_json(&client.get_value(&path, &[]).await?)
-            } else {
-                let record: ApprovalRecord = client.get(&path, &[]).await?;
-                print!("{}", show_text(&record));
-                Ok(())
-            }
+            client
+                .print(&["api", "approvals", id.as_str()], &[], json, show_text)
+                .await
         }
         ApprovalsCmd::Approve { id, comment, json } => {
             let body = serde_json::json!({ "comment": comment });
@@ -168,11 +163,6 @@ async fn watch(client: &ApiClient, json: bool) -> anyhow::Result<()> {
         }
     }
     bail!("the event stream ended; the gateway may have stopped")
-}
-
-pub(super) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 pub(super) fn short_id(id: &str) -> &str {

@@ -5,7 +5,7 @@ use airlock_control::store::VerifyReport;
 use clap::Subcommand;
 
 use super::Failure;
-use super::client::ApiClient;
+use super::client::{ApiClient, print_json};
 use super::table::Table;
 
 #[derive(Debug, Subcommand)]
@@ -25,7 +25,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
             let value = client.get_value(&["api", "audit", "verify"], &[]).await?;
             let report: VerifyReport = serde_json::from_value(value.clone())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                print_json(&value)?;
             } else {
                 print!("{}", report_text(&report));
             }

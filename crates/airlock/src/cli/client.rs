@@ -83,6 +83,24 @@ impl ApiClient {
         self.get(segments, query).await
     }
 
+    /// GETs an API resource and prints it: the API's JSON as sent with
+    /// `json`, otherwise decoded and rendered for people by `render`.
+    pub async fn print<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        json: bool,
+        render: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        if json {
+            print_json(&self.get_value(segments, query).await?)
+        } else {
+            let value: T = self.get(segments, query).await?;
+            print!("{}", render(&value));
+            Ok(())
+        }
+    }
+
     /// GETs an API resource and decodes its JSON.
     pub async fn get<T: DeserializeOwned>(
         &self,
@@ -206,6 +224,12 @@ impl ApiClient {
             _ => anyhow!("the Airlock API answered {status}: {message}"),
         }
     }
+}
+
+/// Prints JSON for scripts (`--json`), pretty.
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -63,31 +63,21 @@ pub async fn run(cmd: SessionsCmd) -> anyhow::Result<()> {
             if failed {
                 query.push(("failed", "true".into()));
             }
-            let path = ["api", "sessions"];
-            if json {
-                print_json(&client.get_value(&path, &query).await?)
-            } else {
-                let sessions: Vec<SessionSummary> = client.get(&path, &query).await?;
-                print!("{}", list_table(&sessions));
-                Ok(())
-            }
+            client
+                .print(
+                    &["api", "sessions"],
+                    &query,
+                    json,
+                    |s: &Vec<SessionSummary>| list_table(s),
+                )
+                .await
         }
         SessionsCmd::Show { id, json } => {
-            let path = ["api", "sessions", id.as_str()];
-            if json {
-                print_json(&client.get_value(&path, &[]).await?)
-            } else {
-                let detail: SessionDetail = client.get(&path, &[]).await?;
-                print!("{}", show_text(&detail));
-                Ok(())
-            }
+            client
+                .print(&["api", "sessions", id.as_str()], &[], json, show_text)
+                .await
         }
     }
-}
-
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 /// µs since the epoch as a time; negative values (never written) read as the epoch.
