@@ -359,15 +359,10 @@ fn disconnect_withdraws_the_request() {
     c.child.kill().unwrap();
     let _ = c.child.wait();
     // The gateway notices the closed socket on its own; wait for its verdict.
-    let mut status = String::new();
-    for _ in 0..600 {
-        status = status_of(&gw, &id);
-        if status != "pending" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(status, "withdrawn");
+    wait_until("the request is no longer pending", || {
+        status_of(&gw, &id) != "pending"
+    });
+    assert_eq!(status_of(&gw, &id), "withdrawn");
 }
 
 #[test]

@@ -322,16 +322,9 @@ fn policy_cli_check_and_explain() {
 /// Waits (bounded) until the gateway's log contains `needle`: the reload
 /// happens in the gateway's own time, and its log line is the signal.
 fn wait_for_log(gw: &Gateway, needle: &str) {
-    for _ in 0..600 {
-        if gw.stderr_contents().contains(needle) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!(
-        "gateway log never said {needle:?}:\n{}",
-        gw.stderr_contents()
-    );
+    wait_until(&format!("the gateway log says {needle:?}"), || {
+        gw.stderr_contents().contains(needle)
+    });
 }
 
 #[test]
@@ -388,16 +381,8 @@ fn policy_reloads_on_change_and_sighup_and_keeps_the_old_one_when_invalid() {
             .unwrap()
             .success()
     );
-    for _ in 0..600 {
-        if gw.stderr_contents().matches("policy reloaded").count() > before {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        gw.stderr_contents().matches("policy reloaded").count() > before,
-        "{}",
-        gw.stderr_contents()
-    );
+    wait_until("the gateway logs another \"policy reloaded\"", || {
+        gw.stderr_contents().matches("policy reloaded").count() > before
+    });
     assert!(!psql(&ci, "CREATE TABLE t3 (id int)", &[]).success());
 }

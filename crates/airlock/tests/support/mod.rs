@@ -41,7 +41,7 @@ pub use pg::{
     CLEARTEXT_USER, MD5_USER, PgCluster, PgClusterBuilder, SCRAM_USER, SUPERUSER, TLS_USER,
     TRUST_USER, TlsFiles, generate_tls, pg_bindir, quote_ident, quote_literal,
 };
-pub use util::{INSTALL_HINT, free_port, random_hex, workspace_root};
+pub use util::{INSTALL_HINT, free_port, random_hex, wait_until, workspace_root};
 
 /// The example airlock config (`GatewayConfig::new(&cluster)` renders it),
 /// with `{data_dir}` and `{port}` placeholders, for documentation and for

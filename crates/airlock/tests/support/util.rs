@@ -149,3 +149,16 @@ pub fn toml_str_array<S: AsRef<str>>(values: &[S]) -> String {
     let items: Vec<String> = values.iter().map(|v| toml_str(v.as_ref())).collect();
     format!("[{}]", items.join(", "))
 }
+
+/// Polls `done` until it holds, for at most 30 s: for outcomes the gateway
+/// reaches in its own time (a log line, a status change) with no event to
+/// wait on. Fails the test, naming `what`, if it never holds.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
