@@ -210,7 +210,7 @@ for t in "${TARGETS[@]}"; do
     case "$t" in direct|airlock|pgbouncer) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 
-declare -A TPS LAT FAILED STORE
+declare -A TPS LAT FAILED STORE PROXY_TICKS TXNS
 FAILURES=()
 LOADS=()
 
@@ -250,8 +250,13 @@ for scen in "${SCENARIOS[@]}"; do
         LOADS+=("$load")
         say "[$n/$total] $scen via $target (${BENCH_SECONDS}s, load average $load)"
         rc=0
+        proxy_pid=""
+        [ "$target" = airlock ] && proxy_pid="$AIRLOCK_PID"
+        [ "$target" = pgbouncer ] && [ -s "$TMP/pgbouncer.pid" ] && proxy_pid="$(cat "$TMP/pgbouncer.pid")"
+        [ -n "$proxy_pid" ] && pcpu0="$(cpu_ticks "$proxy_pid")"
         if [ "$target" = airlock ]; then metrics_snapshot >"$log.m0"; cpu0="$(cpu_ticks "$AIRLOCK_PID")"; fi
         run_pgbench "$scen" "$target" "$BENCH_SECONDS" "$log" || rc=$?
+        [ -n "$proxy_pid" ] && PROXY_TICKS["$scen,$target"]="$(( $(cpu_ticks "$proxy_pid") - pcpu0 ))"
         if [ "$target" = airlock ]; then
             cpu1="$(cpu_ticks "$AIRLOCK_PID")"
             metrics_snapshot >"$log.m1"
@@ -276,6 +281,7 @@ for scen in "${SCENARIOS[@]}"; do
             FAILURES+=("$scen via $target: exit $rc, $(grep -m1 -iE 'error|abort|fatal' "$log" || echo 'no tps line')")
         fi
         TPS["$scen,$target"]="${tps:-}"
+        TXNS["$scen,$target"]="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log" | head -n1)"
         LAT["$scen,$target"]="${lat:-}"
         FAILED["$scen,$target"]="${failed:-}"
         say "  tps=${tps:-?} latency=${lat:-?} ms failed=${failed:-?}"
@@ -289,6 +295,12 @@ fmt_tps() { [ -n "$1" ] && printf '%.0f' "$1" || printf 'n/a'; }
 fmt_lat() { [ -n "$1" ] && printf '%.3f' "$1" || printf 'n/a'; }
 added_us() {   # airlock_lat direct_lat statements_per_tx
     if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v d="$2" -v n="$3" 'BEGIN{ printf "%.0f", (a-d)*1000/n }'; else printf 'n/a'; fi
+}
+
+cpu_per_stmt() {   # ticks transactions statements_per_tx
+    if [ -n "$1" ] && [ -n "$2" ] && [ "$2" -gt 0 ]; then
+        awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" -v s="$3" 'BEGIN{ printf "%.1f", t/hz*1e6/(n*s) }'
+    else printf 'n/a'; fi
 }
 
 report_facts
@@ -325,6 +337,20 @@ report_facts
             [ -n "${STORE[$scen]:-}" ] || continue
             read -r fps msps aus ics epc dus cus cpu <<<"${STORE[$scen]}"
             echo "| $scen | $fps | $msps | $aus | $ics | $epc | $dus | $cus | $cpu |"
+        done
+    fi
+    if has_target airlock && has_target pgbouncer; then
+        echo
+        echo "What the proxy process itself spends per statement (CPU time, user + system, over the measured run / statements), the figure TPS ratios hide on a shared machine:"
+        echo
+        echo "| scenario | airlock CPU µs/stmt | pgbouncer CPU µs/stmt | airlock/pgbouncer |"
+        echo "|---|---:|---:|---:|"
+        for scen in "${SCENARIOS[@]}"; do
+            stmts=1; [[ "$scen" == tpcb/* ]] && stmts=7
+            a="$(cpu_per_stmt "${PROXY_TICKS[$scen,airlock]:-}" "${TXNS[$scen,airlock]:-}" "$stmts")"
+            b="$(cpu_per_stmt "${PROXY_TICKS[$scen,pgbouncer]:-}" "${TXNS[$scen,pgbouncer]:-}" "$stmts")"
+            r="n/a"; [ "$a" != n/a ] && [ "$b" != n/a ] && r="$(ratio "$a" "$b")"
+            echo "| $scen | $a | $b | $r |"
         done
     fi
     if [ "${#FAILURES[@]}" -gt 0 ]; then

@@ -102,6 +102,17 @@ pub enum CommandVia {
     FunctionCall,
 }
 
+impl CommandVia {
+    /// The name recorded in audit events (`simplequery`, `extended`, `functioncall`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandVia::SimpleQuery => "simplequery",
+            CommandVia::Extended => "extended",
+            CommandVia::FunctionCall => "functioncall",
+        }
+    }
+}
+
 /// What an adapter hands the pipeline for one command.
 #[derive(Debug, Clone)]
 pub struct CommandInput {

@@ -333,7 +333,12 @@ impl Session {
             .record(started.elapsed().as_secs_f64());
 
         let verdict = decision.verdict;
-        let message = decision.client_message(&self.info.connection.name);
+        // Allowed commands (nearly all) need no message; build it only for refusals.
+        let message = if verdict == Verdict::Allow {
+            String::new()
+        } else {
+            decision.client_message(&self.info.connection.name)
+        };
         // Only a held command needs the hash of its exact bytes.
         let hold = (verdict == Verdict::Review && p.approvals.is_some())
             .then(|| self.approval_request(seq, &input, held, &classification, &decision));
@@ -357,7 +362,7 @@ impl Session {
                 seq,
                 text,
                 params,
-                via: format!("{:?}", input.via).to_lowercase(),
+                via: input.via.as_str().to_string(),
                 classification: {
                     let mut c = (*classification).clone();
                     if let Some(m) = &self.masker {

@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use airlock_pipeline::model::Verdict;
 use airlock_pipeline::record::EventBody;
-use serde::Deserialize;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 use tokio::sync::{Notify, watch};
 
@@ -515,16 +513,17 @@ async fn set_checkpoint(conn: &mut SqliteConnection, pos: Pos) -> Result<(), sql
     Ok(())
 }
 
-/// What the `sessions` row needs from a command: was it denied.
-#[derive(Deserialize)]
-struct CommandFacts {
-    decision: VerdictOnly,
+/// Whether a command event's body records a denial, without a second JSON
+/// pass over it (the line parser already checked it is valid JSON). In
+/// valid JSON a raw `"` never occurs inside a string (it is escaped as
+/// `\"`), so this byte sequence can only be the body's own `decision`
+/// object, whose first field the serialiser writes is `verdict`; a unit test
+/// pins that layout.
+fn is_denied_command(body: &str) -> bool {
+    memchr::memmem::find(body.as_bytes(), DENIED_NEEDLE).is_some()
 }
 
-#[derive(Deserialize)]
-struct VerdictOnly {
-    verdict: Verdict,
-}
+const DENIED_NEEDLE: &[u8] = br#""decision":{"verdict":"deny""#;
 
 /// Per-session counters of one batch, applied with one upsert each.
 #[derive(Default)]
@@ -567,9 +566,7 @@ async fn write_batch(
         match l.kind {
             "command" => {
                 d.commands += 1;
-                let facts: CommandFacts = serde_json::from_str(l.body.get())
-                    .map_err(|e| StoreError::Corrupt(format!("command event: {e}")))?;
-                d.denied += i64::from(facts.decision.verdict == Verdict::Deny);
+                d.denied += i64::from(is_denied_command(l.body.get()));
             }
             "session_start" | "auth_failed" | "session_end" => {
                 let body: EventBody = serde_json::from_str(l.body.get())
@@ -709,4 +706,42 @@ async fn update_session(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_pipeline::model::{Classification, Decision, Verdict};
+
+    use super::*;
+
+    fn command_body(verdict: Verdict, text: &str) -> String {
+        serde_json::to_string(&EventBody::Command {
+            seq: 1,
+            text: text.into(),
+            params: vec![Some(r#""decision":{"verdict":"deny""#.into())],
+            via: "simplequery".into(),
+            classification: Classification { statements: vec![] },
+            decision: Decision {
+                verdict,
+                action: "sql:read".into(),
+                policies: vec![],
+                reason: Some(r#"{"verdict":"deny"}"#.into()),
+                reviewers: vec![],
+                min_approvals: 1,
+                approval_ttl_secs: None,
+                policy_version: "v".into(),
+                statement: 0,
+            },
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn denial_is_read_from_the_decision_not_from_strings_that_mimic_it() {
+        // Text, parameters and reason all try to look like a denial.
+        let sneaky = r#"SELECT '"decision":{"verdict":"deny"'"#;
+        assert!(is_denied_command(&command_body(Verdict::Deny, sneaky)));
+        assert!(!is_denied_command(&command_body(Verdict::Allow, sneaky)));
+        assert!(!is_denied_command(&command_body(Verdict::Review, sneaky)));
+    }
 }

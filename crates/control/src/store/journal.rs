@@ -715,7 +715,7 @@ pub(crate) fn parse_lines(
     let mut lines = Vec::new();
     let mut at = 0;
     while lines.len() < limit
-        && let Some(nl) = memchr(b'\n', &buf[at..])
+        && let Some(nl) = memchr::memchr(b'\n', &buf[at..])
     {
         let raw = &buf[at..at + nl];
         match serde_json::from_slice::<Line<'_>>(raw) {
@@ -725,10 +725,6 @@ pub(crate) fn parse_lines(
         at += nl + 1;
     }
     Ok((lines, at))
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]
