@@ -20,6 +20,8 @@
 //!    are `unknown` (or, for a few unmistakable leading keywords like `DO`,
 //!    the class those keywords always mean).
 
+use std::cell::RefCell;
+
 use sqlparser::ast::{
     CopySource, CopyTarget, ObjectName, ObjectType, Set, SetExpr, Statement, Visit,
 };
@@ -29,6 +31,7 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use super::functions::risky_function;
+use super::normalize::{Literal, parsed_literals};
 use super::walk::{Facts, Walker, object_name};
 use super::{ClassifyLimits, SqlDialect};
 use crate::model::{ActionClass, SqlStatement};
@@ -38,6 +41,29 @@ pub(super) fn classify_text(
     text: &str,
     dialect: SqlDialect,
     limits: &ClassifyLimits,
+) -> Vec<SqlStatement> {
+    classify_text_with(text, dialect, limits, None)
+}
+
+/// [`classify_text`], also returning, for each statement that was parsed,
+/// the literal values of its parse tree ([`parsed_literals`]); the shape
+/// cache checks them against its lexer. The statements are exactly those
+/// [`classify_text`] returns.
+pub(super) fn classify_text_with_literals(
+    text: &str,
+    dialect: SqlDialect,
+    limits: &ClassifyLimits,
+) -> (Vec<SqlStatement>, Vec<Option<Vec<Literal>>>) {
+    let literals = RefCell::new(Vec::new());
+    let statements = classify_text_with(text, dialect, limits, Some(&literals));
+    (statements, literals.into_inner())
+}
+
+fn classify_text_with(
+    text: &str,
+    dialect: SqlDialect,
+    limits: &ClassifyLimits,
+    literals: Option<&RefCell<Vec<Option<Vec<Literal>>>>>,
 ) -> Vec<SqlStatement> {
     if text.len() > limits.max_statement_bytes {
         return vec![unknown(
@@ -58,6 +84,7 @@ pub(super) fn classify_text(
         sql_dialect,
         limits,
         hinted: dialect == SqlDialect::MySql && text.contains("/*!"),
+        literals,
     };
     let tokens = match Tokenizer::new(sql_dialect, text).tokenize_with_location() {
         Ok(tokens) => tokens,
@@ -86,6 +113,9 @@ pub(super) fn classify_text(
         // so the whole command is cut into pieces instead.
         let rest = if ctx.hinted {
             out.clear();
+            if let Some(literals) = ctx.literals {
+                literals.borrow_mut().clear();
+            }
             text
         } else {
             source.text.get(failed_at..).unwrap_or("")
@@ -107,10 +137,15 @@ struct Ctx<'a> {
     /// carry the comment's position rather than their own, so slices of the
     /// original would be wrong; statement text is rendered from the AST.
     hinted: bool,
+    /// Where to record each parsed statement's literal values, if wanted.
+    literals: Option<&'a RefCell<Vec<Option<Vec<Literal>>>>>,
 }
 
 impl Ctx<'_> {
     fn classify(&self, stmt: &Statement, sliced: String) -> SqlStatement {
+        if let Some(literals) = self.literals {
+            literals.borrow_mut().push(parsed_literals(stmt));
+        }
         let text = if self.hinted {
             stmt.to_string()
         } else {

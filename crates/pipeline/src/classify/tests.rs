@@ -544,3 +544,358 @@ fn chains_under_the_limit_fit_a_small_stack() {
         assert_eq!(got, [expected]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Shape cache (literal-normalised PostgreSQL statements).
+
+fn pg() -> SqlClassifier {
+    SqlClassifier::new(SqlDialect::Postgres, ClassifyLimits::default())
+}
+
+#[test]
+fn shape_cache_hits_for_new_literals() {
+    let c = pg();
+    let first = "SELECT abalance FROM pgbench_accounts WHERE aid = 1;";
+    let second = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+    assert_eq!(*c.classify(first), c.classify_uncached(first));
+    assert_eq!(c.shapes_len(), 1);
+    assert_eq!(c.shape_hits(), 0);
+    let got = c.classify(second);
+    assert_eq!(c.shape_hits(), 1);
+    assert_eq!(*got, c.classify_uncached(second));
+    assert_eq!(
+        got.statements[0].text,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213"
+    );
+    // Strings, with comments around the statement.
+    let a = "/* app */ UPDATE users SET name = 'a' WHERE id = 7; -- done";
+    let b = "/* app */ UPDATE users SET name = 'it''s é' WHERE id = 123456; -- done";
+    assert_eq!(*c.classify(a), c.classify_uncached(a));
+    assert_eq!(*c.classify(b), c.classify_uncached(b));
+    assert_eq!(c.shape_hits(), 2);
+    // A shape hit does not fill the text cache (distinct literals would
+    // only churn it): the same text again is another shape hit.
+    assert_eq!(
+        c.classify(b).statements[0].text,
+        "UPDATE users SET name = 'it''s é' WHERE id = 123456"
+    );
+    assert_eq!(c.shape_hits(), 3);
+    // Risky functions keep their class: the name is part of the shape.
+    let a = "SELECT pg_read_file('/tmp/a')";
+    let b = "SELECT pg_read_file('/etc/passwd')";
+    c.classify(a);
+    assert_eq!(c.classify(b).statements[0].class, ActionClass::Admin);
+    assert_eq!(c.shape_hits(), 4);
+}
+
+/// Shapes that must never be answered from the shape cache.
+#[test]
+fn shape_cache_fails_closed() {
+    #[track_caller]
+    fn no_shape_hit(dialect: SqlDialect, limits: ClassifyLimits, a: &str, b: &str) {
+        let c = SqlClassifier::new(dialect, limits);
+        assert_eq!(*c.classify(a), c.classify_uncached(a), "{a:?}");
+        assert_eq!(*c.classify(b), c.classify_uncached(b), "{b:?}");
+        assert_eq!(c.shape_hits(), 0, "{a:?} / {b:?}");
+        assert_eq!(c.shapes_len(), 0, "{a:?} / {b:?}");
+    }
+    let pg = |a: &str, b: &str| no_shape_hit(SqlDialect::Postgres, ClassifyLimits::default(), a, b);
+    // sqlparser reads a string as a name here: its value is a table name,
+    // a CTE name, an alias.
+    pg("SELECT * FROM 'payments'", "SELECT * FROM 'secrets'");
+    pg(
+        "WITH 'payments' AS (SELECT 1) SELECT * FROM payments",
+        "WITH 'other' AS (SELECT 1) SELECT * FROM payments",
+    );
+    pg("SELECT 1 AS 'a'", "SELECT 1 AS 'b'");
+    // A number kept as a type modifier, not a value (and its size decides
+    // whether it parses at all).
+    pg(
+        "SELECT 'x'::varchar(10)",
+        "SELECT 'x'::varchar(99999999999999999999999)",
+    );
+    // Not one of the normalised statement kinds.
+    pg("SET work_mem = '1GB'", "SET work_mem = '2GB'");
+    pg("COPY t TO '/tmp/a'", "COPY t TO '/tmp/b'");
+    pg("EXPLAIN SELECT 1", "EXPLAIN SELECT 2");
+    // Unknown, several statements, lexer bail-outs.
+    pg("SELEKT 1", "SELEKT 2");
+    pg("SELECT 1; SELECT 2", "SELECT 3; SELECT 4");
+    pg("SELECT E'a'", "SELECT E'b'");
+    pg("SELECT 1e5", "SELECT 2e5");
+    // Other dialects, over the statement limit, caching disabled.
+    no_shape_hit(
+        SqlDialect::MySql,
+        ClassifyLimits::default(),
+        "SELECT 1",
+        "SELECT 2",
+    );
+    // Over the statement limit a text is `unknown` whatever its shape.
+    let c = SqlClassifier::new(
+        SqlDialect::Postgres,
+        ClassifyLimits {
+            max_statement_bytes: 12,
+            ..ClassifyLimits::default()
+        },
+    );
+    c.classify("SELECT 1");
+    assert_eq!(c.shapes_len(), 1);
+    let long = c.classify("SELECT 1234567");
+    assert_eq!(*long, c.classify_uncached("SELECT 1234567"));
+    assert_eq!(long.statements[0].class, ActionClass::Unknown);
+    assert_eq!(c.shape_hits(), 0);
+    no_shape_hit(
+        SqlDialect::Postgres,
+        ClassifyLimits {
+            cache_entries: 0,
+            ..ClassifyLimits::default()
+        },
+        "SELECT 1",
+        "SELECT 2",
+    );
+}
+
+mod shape_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The first `PLAIN` templates are ordinary statements that must hit the
+    /// shape cache; the others are corner cases that may or may not.
+    const PLAIN: usize = 23;
+
+    /// Templates: `{n}` integer, `{d}` decimal, `{s}` string, `{c}` a
+    /// comment or whitespace. Literal holes get new values in each
+    /// instance; `{c}` holes are the same in both, so the shape matches.
+    const TEMPLATES: &[&str] = &[
+        "SELECT abalance FROM pgbench_accounts WHERE aid = {n}",
+        "SELECT * FROM orders{c}WHERE customer = {s} AND total > {d} LIMIT {n} OFFSET {n}",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({n}, {n}, {n}, -{n}, CURRENT_TIMESTAMP)",
+        "INSERT INTO t (id, name) VALUES ({n}, {s}), ({n}, {s}) ON CONFLICT (id) DO UPDATE SET n = t.n + {n}",
+        "UPDATE pgbench_accounts SET abalance = abalance + {n}{c}WHERE aid = {n}",
+        "UPDATE users SET name = {s}",
+        "DELETE FROM sessions WHERE id = {n}",
+        "DELETE FROM sessions{c}",
+        "WITH d AS (DELETE FROM audit WHERE id < {n} RETURNING *) SELECT count(*) FROM d",
+        "WITH x AS (SELECT {n} AS v) SELECT * FROM x, payments WHERE payments.id = {n}",
+        "SELECT pg_read_file({s})",
+        "SELECT set_config('role', {s}, false)",
+        "SELECT set_config({s}, {s}, false)",
+        "SELECT * FROM dblink({s}, {s}) AS r(x int)",
+        "SELECT dblink_exec({s},{c}{s})",
+        "SELECT nextval({s}), lo_import({s})",
+        "UPDATE t SET x = pg_cancel_backend({n}) WHERE id = {n}",
+        "SELECT * FROM jobs WHERE id = {n} FOR UPDATE",
+        "SELECT * INTO backup FROM users WHERE id = {n}",
+        "SELECT * FROM t WHERE ts > now() - interval {s} AND a IN ({n}, {n}, {d})",
+        "SELECT \"Col\" FROM \"Weird Table\" WHERE \"x\" = {s} AND y = $1",
+        "SELECT x FROM t ORDER BY {n} FETCH FIRST {n} ROWS ONLY",
+        "VALUES ({n}, {s}),{c}({d}, {s})",
+        "SELECT {s}::varchar({n})",
+        "SELECT CAST({s} AS numeric({n}, {n}))",
+        "SELECT * FROM {s}",
+        "SELECT * FROM ONLY {s}",
+        "WITH {s} AS (SELECT {n}) SELECT * FROM payments",
+        "SELECT {n} AS {s}",
+        "SELECT {s}\n{s}",
+        "SELECT {s}.x FROM t",
+        "SELECT arr[{n}:{n}] FROM t",
+        "SELECT @{n}, x FROM t",
+        "SELECT x FROM t WHERE y = :{n}",
+        "SELECT * FROM t TABLESAMPLE SYSTEM ({d}) REPEATABLE ({n})",
+        "SELECT {n}{c}--{s}\n, {s}",
+        "BEGIN",
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ];
+
+    const COMMENTS: &[&str] = &[
+        " ",
+        "\n",
+        "\t",
+        " /* note */ ",
+        " -- note\n",
+        " /* /* nested */ 'x' */ ",
+        "\r\n",
+    ];
+
+    const PREFIXES: &[&str] = &["", "  ", "/* lead */ ", "-- lead\n", "\n\t"];
+    const SUFFIXES: &[&str] = &["", ";", " ; ", ";;", "; -- end", " /* tail */", "\n"];
+
+    /// One instance: each hole takes the next value of its kind.
+    fn fill(
+        template: &str,
+        comments: &[usize],
+        ints: &[u64],
+        decimals: &[String],
+        strings: &[String],
+    ) -> String {
+        let (mut c, mut n, mut d, mut s) = (0, 0, 0, 0);
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(at) = rest.find('{') {
+            out.push_str(&rest[..at]);
+            let hole = &rest[at..at + 3];
+            match hole {
+                "{c}" => {
+                    out.push_str(COMMENTS[comments[c % comments.len()] % COMMENTS.len()]);
+                    c += 1;
+                }
+                "{n}" => {
+                    out.push_str(&ints[n % ints.len()].to_string());
+                    n += 1;
+                }
+                "{d}" => {
+                    out.push_str(&decimals[d % decimals.len()]);
+                    d += 1;
+                }
+                "{s}" => {
+                    out.push('\'');
+                    out.push_str(&strings[s % strings.len()].replace('\'', "''"));
+                    out.push('\'');
+                    s += 1;
+                }
+                other => panic!("unknown hole {other}"),
+            }
+            rest = &rest[at + 3..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn literals() -> impl Strategy<Value = (Vec<u64>, Vec<String>, Vec<String>)> {
+        (
+            prop::collection::vec(prop_oneof![0u64..100, 0u64..10_000_000, Just(u64::MAX)], 8),
+            prop::collection::vec("[0-9]{1,5}\\.[0-9]{1,3}", 4),
+            prop::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z0-9 _./é-]{0,12}",
+                    Just("role".to_string()),
+                    Just("postgres".to_string()),
+                    Just("payments".to_string()),
+                    Just("it's".to_string()),
+                    Just("; DROP TABLE x; --".to_string()),
+                    Just("/* */ $$ \" ".to_string()),
+                    Just("1 day".to_string()),
+                ],
+                6,
+            ),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Two instances of a shape, classified in turn by one classifier
+        /// (so the second may come from the shape cache), classify exactly
+        /// as without any cache.
+        #[test]
+        fn shape_cache_matches_uncached(
+            template in 0..TEMPLATES.len(),
+            prefix in 0..PREFIXES.len(),
+            suffix in 0..SUFFIXES.len(),
+            comments in prop::collection::vec(0..COMMENTS.len(), 3),
+            first in literals(),
+            second in literals(),
+        ) {
+            let c = pg();
+            let texts = [&first, &second].map(|(ints, decimals, strings)| {
+                format!(
+                    "{}{}{}",
+                    PREFIXES[prefix],
+                    fill(TEMPLATES[template], &comments, ints, decimals, strings),
+                    SUFFIXES[suffix]
+                )
+            });
+            for text in &texts {
+                let cached = c.classify(text);
+                prop_assert_eq!(&*cached, &c.classify_uncached(text), "text {:?}", text);
+                // Once more: now from the text cache.
+                prop_assert_eq!(&*c.classify(text), &c.classify_uncached(text));
+            }
+        }
+    }
+
+    /// The plain templates do hit the shape cache (the property above would
+    /// also hold if it never did).
+    #[test]
+    fn plain_templates_hit() {
+        let strings = |v: &str| vec![v.to_string(); 6];
+        for template in &TEMPLATES[..PLAIN] {
+            let c = pg();
+            let a = fill(
+                template,
+                &[0, 1, 2],
+                &[1, 2, 3],
+                &["1.5".into()],
+                &strings("a"),
+            );
+            let b = fill(
+                template,
+                &[0, 1, 2],
+                &[7, 8, 9],
+                &["2.25".into()],
+                &strings("b'c"),
+            );
+            if a == b {
+                // No literal: the text cache answers.
+                continue;
+            }
+            assert_eq!(*c.classify(&a), c.classify_uncached(&a));
+            assert_eq!(*c.classify(&b), c.classify_uncached(&b));
+            assert_eq!(c.shape_hits(), 1, "{template}");
+        }
+    }
+}
+
+/// `cargo test -p airlock-pipeline --release -- --ignored shape_cache_speed --nocapture`
+#[test]
+#[ignore]
+fn shape_cache_speed() {
+    use std::time::Instant;
+    const N: u64 = 100_000;
+    let texts: Vec<String> = (0..N)
+        .map(|i| match i % 3 {
+            0 => format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", 1 + i * 7919 % 10_000_000),
+            1 => format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};",
+                i % 10_000,
+                1 + i * 7919 % 10_000_000
+            ),
+            _ => format!(
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, {}, {}, {}, CURRENT_TIMESTAMP);",
+                i % 10,
+                i % 100,
+                i,
+                i % 5000
+            ),
+        })
+        .collect();
+    let selects: Vec<&String> = texts.iter().step_by(3).collect();
+    let c = pg();
+    let time = |f: &dyn Fn(&str), set: &[&String]| {
+        let start = Instant::now();
+        for t in set {
+            f(t);
+        }
+        start.elapsed().as_secs_f64() * 1e6 / set.len() as f64
+    };
+    let all: Vec<&String> = texts.iter().collect();
+    let uncached_all = time(&|t| drop(c.classify_uncached(t)), &all);
+    let uncached_sel = time(&|t| drop(c.classify_uncached(t)), &selects);
+    let cached_all = time(&|t| drop(c.classify(t)), &all);
+    let c2 = pg();
+    let cached_sel = time(&|t| drop(c2.classify(t)), &selects);
+    let lex_sel = time(&|t| drop(normalize::normalize(t)), &selects);
+    println!(
+        "{N} pgbench statements (select/update/insert), distinct literals:\n\
+         classify_uncached: {uncached_all:.2} µs/stmt, classify: {cached_all:.2} µs/stmt\n\
+         select only ({} stmts, ~57 bytes): classify_uncached {uncached_sel:.2} µs, classify {cached_sel:.2} µs, normalize alone {lex_sel:.3} µs\n\
+         shape hits: {} + {}",
+        selects.len(),
+        c.shape_hits(),
+        c2.shape_hits()
+    );
+    assert!(c.shape_hits() as u64 >= N - 3);
+}
