@@ -210,6 +210,46 @@ async fn full_sync_mode_works_and_chains_continue_after_reopen() {
     store.close().await;
 }
 
+/// With `sync = "full"` segments are preallocated (zeros, written over):
+/// rotating through many of them loses nothing and the indexer never takes
+/// their zero tails for damage, while running or replaying at reopen.
+#[tokio::test]
+async fn full_sync_rotates_through_preallocated_segments_without_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let opts = StoreOptions {
+        sync: SyncMode::Full,
+        max_segment_bytes: 8 * 1024,
+        ..StoreOptions::default()
+    };
+    let id = Uuid::new_v4();
+    let store = Store::open(&url, opts).await.unwrap();
+    store
+        .append(ev(id, 1, start("alice", "prod-pg")))
+        .await
+        .unwrap();
+    for n in 1..=200u64 {
+        let text = format!("SELECT {n}, '{}'", "x".repeat(200));
+        store
+            .append(ev(id, 1 + n as i64, command(n, &text, Verdict::Allow)))
+            .await
+            .unwrap();
+    }
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 201);
+    assert_eq!(store.stats().skipped_bytes, 0);
+    store.close().await;
+
+    let store = Store::open(&url, opts).await.unwrap();
+    store.append(ev(id, 500, end(200))).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 202);
+    assert_eq!(store.stats().skipped_bytes, 0);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn derived_sessions_track_their_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -637,16 +677,26 @@ fn events_left_in_the_journal_are_indexed_at_the_next_open() {
         // Its file handles go with it (the store's lock among them).
         drop(store);
         sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
-        let segments: Vec<_> = std::fs::read_dir(&journal_dir)
+        let mut segments: Vec<_> = std::fs::read_dir(&journal_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "log"))
             .collect();
-        assert_eq!(segments.len(), 1, "one segment left behind");
-        let seg = segments[0].clone();
-        // A write cut short by the crash.
-        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-        std::io::Write::write_all(&mut f, b"{\"sid\":\"torn").unwrap();
+        segments.sort();
+        // One segment, or an empty plain one and the preallocated one the
+        // journal switched to (with sync = "full", once its spare was ready).
+        assert!(matches!(segments.len(), 1 | 2), "{segments:?}");
+        let seg = segments.last().unwrap().clone();
+        // A write cut short by the crash, where the data ends: at the end
+        // of a growing segment, or over the zeros of a preallocated one.
+        let data = std::fs::read(&seg).unwrap();
+        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+        assert!(
+            end > 0 && data[end - 1] == b'\n',
+            "whole lines before the tear"
+        );
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"{\"sid\":\"torn", end as u64).unwrap();
 
         let store = Store::open(&url, opts).await.unwrap();
         let detail = store.get_session(&id.to_string()).await.unwrap().unwrap();
@@ -654,7 +704,10 @@ fn events_left_in_the_journal_are_indexed_at_the_next_open() {
         let report = store.verify().await.unwrap();
         assert!(report.is_ok(), "{:?}", report.problems);
         assert_eq!(report.events, 8);
-        assert!(!seg.exists(), "a replayed segment is deleted");
+        assert!(
+            segments.iter().all(|s| !s.exists()),
+            "replayed segments are deleted"
+        );
         // The chain goes on from the replayed head.
         store
             .append(ev(

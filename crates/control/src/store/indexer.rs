@@ -117,6 +117,7 @@ pub(crate) struct Stats {
     events: std::sync::atomic::AtomicU64,
     max_batch: std::sync::atomic::AtomicU64,
     failed_batches: std::sync::atomic::AtomicU64,
+    skipped_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
@@ -127,6 +128,7 @@ impl Stats {
             indexed_events: self.events.load(Ordering::Relaxed),
             max_batch: self.max_batch.load(Ordering::Relaxed),
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            skipped_bytes: self.skipped_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -350,6 +352,12 @@ impl Indexer {
             let want_now =
                 avail.map_or(want, |a| usize::try_from(a).unwrap_or(usize::MAX).min(want));
             let read = self.read(segment, want_now)?;
+            // A preallocated segment's data ends where a line would start
+            // with a NUL byte (its unwritten tail is zeros); only a sealed
+            // segment is read to its end.
+            if read > 0 && end.is_none() && self.buf[0] == 0 {
+                return Ok(Step::SegmentDone);
+            }
             if read == 0 {
                 return Ok(if end.is_none() {
                     Step::SegmentDone
@@ -378,12 +386,19 @@ impl Indexer {
     ) -> Result<Option<Step>, StoreError> {
         let (lines, used) = match parse_lines(data, self.max_batch) {
             Ok((lines, used)) if !lines.is_empty() => (lines, used),
-            Ok(_) if more_may_follow => return Ok(None),
+            // JSON lines never hold a NUL (serde_json escapes it), so a line
+            // that runs into one cannot be completed by reading more.
+            Ok(_) if more_may_follow && memchr::memchr(0, data).is_none() => return Ok(None),
             Ok(_) => {
                 // An unterminated last line: the tail of a write cut short
-                // by a crash. Nothing was acknowledged for it.
-                self.skip(data.len(), "an unterminated last line").await?;
-                return Ok(Some(Step::Indexed(data.len() as u64)));
+                // by a crash, up to the zeros of a preallocated segment.
+                // Nothing was acknowledged for it.
+                let torn = match memchr::memchr(0, data) {
+                    Some(n) if n > 0 => n,
+                    _ => data.len(),
+                };
+                self.skip(torn, "an unterminated last line").await?;
+                return Ok(Some(Step::Indexed(torn as u64)));
             }
             Err((0, e)) => {
                 // Damage inside the file: skip that one line and go on.
@@ -428,6 +443,9 @@ impl Indexer {
             bytes,
             "audit journal segment has {what}; skipping it"
         );
+        self.stats
+            .skipped_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         let next = Pos {
             segment: self.pos.segment,
             offset: self.pos.offset + bytes as u64,

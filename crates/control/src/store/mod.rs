@@ -462,6 +462,79 @@ impl AuditSink for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_pipeline::record::{AuditEvent, EventBody};
+    use journal::JournalOptions;
+
+    /// After a crash with `sync = "full"` the live segment is lines, maybe
+    /// a torn one, then the zeros it was preallocated with: recovery indexes
+    /// the lines, drops the torn one and stops at the zeros.
+    #[tokio::test]
+    async fn recovery_reads_a_preallocated_segment_up_to_its_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let jdir = journal_dir(&db);
+        std::fs::create_dir_all(&jdir).unwrap();
+        let (tx, _lane) = tokio::sync::mpsc::unbounded_channel();
+        let opts = JournalOptions {
+            sync: SyncMode::Full,
+            max_segment_bytes: 1 << 20,
+            max_unindexed_bytes: u64::MAX,
+        };
+        let j = journal::Journal::open(&jdir, 1, opts, tx).unwrap();
+        assert!(j.spare_settled());
+        let id = uuid::Uuid::new_v4();
+        let events = [
+            EventBody::SessionStart {
+                identity: "alice".into(),
+                identity_kind: "human".into(),
+                connection: "c".into(),
+                protocol: "postgres".into(),
+                client_addr: "127.0.0.1:1".into(),
+                application_name: None,
+                tls: false,
+            },
+            EventBody::CommandResult {
+                seq: 1,
+                tags: vec!["SELECT 1".into()],
+                rows: 1,
+                duration_us: 5,
+                error_code: None,
+                error_message: None,
+                masked: vec![],
+            },
+        ];
+        let mut end = None;
+        for body in events {
+            let ev = pending_event(&AuditEvent::now(id, body)).unwrap();
+            match j.append(ev, false) {
+                journal::Appended::Written(pos) => end = Some(pos),
+                other => panic!("{other:?}"),
+            }
+        }
+        let end = end.unwrap();
+        assert_eq!(end.segment, 2, "written over the preallocated segment");
+        j.stop_accepting();
+        j.close().await;
+        // The crash tore the next line.
+        const TORN: &[u8] = br#"{"sid":"to"#;
+        let seg = journal::segment_path(&jdir, 2);
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, TORN, end.offset).unwrap();
+        drop(f);
+
+        let url = format!("sqlite://{}", db.display());
+        let store = Store::open(&url, StoreOptions::default()).await.unwrap();
+        let report = store.verify().await.unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 2);
+        assert_eq!(
+            store.stats().skipped_bytes,
+            TORN.len() as u64,
+            "only the torn line is skipped, not the zeros after it"
+        );
+        assert!(!seg.exists(), "replayed and deleted");
+        store.close().await;
+    }
 
     #[test]
     fn urls() {

@@ -174,4 +174,7 @@ pub struct StoreStats {
     pub max_batch: u64,
     /// Index transactions that failed (and were retried).
     pub failed_batches: u64,
+    /// Journal bytes the indexer could not read as events and skipped (a
+    /// line torn by a crash, or damage), each logged as an error.
+    pub skipped_bytes: u64,
 }
