@@ -96,6 +96,12 @@ fn classify_text_with(
             return vec![unknown(trimmed.to_string(), format!("tokenizer: {e}"))];
         }
     };
+    if dialect == SqlDialect::Postgres && operator_runs_into_comment(&tokens) {
+        return vec![unknown(
+            text.trim().to_string(),
+            "an operator runs into `--` or `/*`, which PostgreSQL reads as the start of a comment; not parsed".into(),
+        )];
+    }
     let mut out = Vec::new();
     let mut source = Source::new(text);
     let deep = split_top_level(&tokens)
@@ -300,6 +306,37 @@ fn leading_keywords(tokens: &[TokenWithSpan]) -> Vec<String> {
             _ => String::new(),
         })
         .collect()
+}
+
+/// PostgreSQL starts a comment at `--` or `/*` even inside an operator
+/// (`#--x` is `#` and a comment), but sqlparser reads some such runs as one
+/// operator (`#--`, `|/*`) or as `?-` and `-`. From there the two disagree
+/// on what is code and what is a comment or a string, so a statement could
+/// hide inside what the classifier takes for a literal. Such text is not
+/// parsed at all: adjacent operator tokens whose characters contain `--` or
+/// `/*` mean sqlparser swallowed a comment start.
+fn operator_runs_into_comment(tokens: &[TokenWithSpan]) -> bool {
+    use std::fmt::Write;
+    const OPERATOR_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?";
+    let mut shown = String::new();
+    let mut run = String::new();
+    for t in tokens {
+        if matches!(t.token, Token::Whitespace(_)) {
+            run.clear();
+            continue;
+        }
+        shown.clear();
+        let _ = write!(shown, "{}", t.token);
+        if !shown.is_empty() && shown.bytes().all(|c| OPERATOR_CHARS.contains(&c)) {
+            run.push_str(&shown);
+            if run.contains("--") || run.contains("/*") {
+                return true;
+            }
+        } else {
+            run.clear();
+        }
+    }
+    false
 }
 
 fn is_significant(token: &Token) -> bool {

@@ -545,6 +545,51 @@ fn chains_under_the_limit_fit_a_small_stack() {
     }
 }
 
+/// PostgreSQL cuts an operator before `--` or `/*` and starts a comment;
+/// sqlparser reads `#--` as one operator and then takes the rest for a
+/// string, so the DELETE below would have passed as a plain SELECT.
+#[test]
+fn an_operator_running_into_a_comment_start_is_unknown() {
+    for sql in [
+        "SELECT 1 #--'\n2; DELETE FROM accounts; SELECT 'x--'",
+        "SELECT 1 #--'\n2, (SELECT secret FROM payroll) AS s, 'x--'",
+        "SELECT 1 @--x\n2",
+        "SELECT 1 |/*x*/ 2",
+        "SELECT 1 ?--x\n2",
+        "SELECT 1 -/*x*/2",
+        "SELECT 1 >--x\n2",
+    ] {
+        let got = classify_with(SqlDialect::Postgres, sql);
+        assert_eq!(got.len(), 1, "{sql:?}: {got:?}");
+        assert_eq!(got[0].class, ActionClass::Unknown, "{sql:?}");
+        assert!(
+            got[0]
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("comment")),
+            "{sql:?}"
+        );
+    }
+    // Where sqlparser also sees the comment, nothing changes.
+    check("SELECT 1 +-- c\n 2", &["select read"]);
+    check("SELECT a*/*c*/2 FROM t", &["select read r=t"]);
+    check("SELECT 1 - -1 FROM t WHERE a<>-1 --c", &["select read r=t"]);
+    check("SELECT '#--' || '|/*' FROM t", &["select read r=t"]);
+}
+
+/// Two texts with one shape key, where the first (if it were cached) would
+/// have stood for a second that reads another table.
+#[test]
+fn no_shape_across_an_operator_running_into_a_comment() {
+    let c = pg();
+    let a = "SELECT 1 #--x::foo('\n, ')--'\n#--')--'\n+ 1";
+    let b = "SELECT 1 #--x::foo('\n, ') , (SELECT secret FROM payroll) --'\n#--')--'\n+ 1";
+    for text in [a, b] {
+        assert_eq!(*c.classify(text), c.classify_uncached(text), "{text:?}");
+    }
+    assert_eq!(c.shapes_len(), 0);
+}
+
 // ---------------------------------------------------------------------------
 // Shape cache (literal-normalised PostgreSQL statements).
 
