@@ -351,12 +351,42 @@ impl Indexer {
         loop {
             let want_now =
                 avail.map_or(want, |a| usize::try_from(a).unwrap_or(usize::MAX).min(want));
-            let read = self.read(segment, want_now)?;
-            // A preallocated segment's data ends where a line would start
-            // with a NUL byte (its unwritten tail is zeros); only a sealed
-            // segment is read to its end.
-            if read > 0 && end.is_none() && self.buf[0] == 0 {
-                return Ok(Step::SegmentDone);
+            let mut read = self.read(segment, want_now)?;
+            // Journal lines never hold a NUL (JSON escapes it). A sealed
+            // preallocated segment's data ends at its first NUL: the zeros
+            // it was filled with, or a page a power cut did not write, after
+            // which nothing was acknowledged. The live segment is read only
+            // up to what the journal wrote, so a NUL there is damage.
+            let mut at_zeros = false;
+            if let Some(z) = memchr::memchr(0, &self.buf[..read]) {
+                if end.is_some() {
+                    return Err(StoreError::Corrupt(format!(
+                        "journal segment {segment} has a NUL byte at offset {} inside written data",
+                        self.pos.offset + z as u64
+                    )));
+                }
+                if z == 0 {
+                    // The segment ends here. Bytes after the NUL are not
+                    // indexed; if any are not zeros (a write a power cut
+                    // tore, or damage), say so loudly.
+                    let data = &self.buf[..read];
+                    if let (Some(first), Some(last)) = (
+                        data.iter().position(|&b| b != 0),
+                        data.iter().rposition(|&b| b != 0),
+                    ) {
+                        tracing::error!(
+                            segment,
+                            offset = self.pos.offset,
+                            "audit journal segment has data after a run of NUL bytes (a write a power cut tore, or damage); it is not indexed"
+                        );
+                        self.stats
+                            .skipped_bytes
+                            .fetch_add((last + 1 - first) as u64, Ordering::Relaxed);
+                    }
+                    return Ok(Step::SegmentDone);
+                }
+                read = z;
+                at_zeros = true;
             }
             if read == 0 {
                 return Ok(if end.is_none() {
@@ -365,7 +395,8 @@ impl Indexer {
                     Step::Idle
                 });
             }
-            let more_may_follow = read == want_now && avail.is_none_or(|a| a > want_now as u64);
+            let more_may_follow =
+                !at_zeros && read == want_now && avail.is_none_or(|a| a > want_now as u64);
             let buf = std::mem::take(&mut self.buf);
             let result = self.index_buf(&buf[..read], more_may_follow).await;
             self.buf = buf;
@@ -386,19 +417,13 @@ impl Indexer {
     ) -> Result<Option<Step>, StoreError> {
         let (lines, used) = match parse_lines(data, self.max_batch) {
             Ok((lines, used)) if !lines.is_empty() => (lines, used),
-            // JSON lines never hold a NUL (serde_json escapes it), so a line
-            // that runs into one cannot be completed by reading more.
-            Ok(_) if more_may_follow && memchr::memchr(0, data).is_none() => return Ok(None),
+            Ok(_) if more_may_follow => return Ok(None),
             Ok(_) => {
                 // An unterminated last line: the tail of a write cut short
-                // by a crash, up to the zeros of a preallocated segment.
+                // by a crash (up to the zeros of a preallocated segment).
                 // Nothing was acknowledged for it.
-                let torn = match memchr::memchr(0, data) {
-                    Some(n) if n > 0 => n,
-                    _ => data.len(),
-                };
-                self.skip(torn, "an unterminated last line").await?;
-                return Ok(Some(Step::Indexed(torn as u64)));
+                self.skip(data.len(), "an unterminated last line").await?;
+                return Ok(Some(Step::Indexed(data.len() as u64)));
             }
             Err((0, e)) => {
                 // Damage inside the file: skip that one line and go on.
