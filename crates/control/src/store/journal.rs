@@ -1171,20 +1171,28 @@ mod tests {
     #[test]
     fn a_spare_never_replaces_an_existing_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let full = |max| JournalOptions {
+        // The other journal writes segment 2 (`normal`: no spare of its own).
+        let (j2, _lane2) = {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let opts = JournalOptions {
+                sync: SyncMode::Normal,
+                max_segment_bytes: 1 << 20,
+                max_unindexed_bytes: u64::MAX,
+            };
+            (Journal::open(dir.path(), 2, opts, tx).unwrap(), rx)
+        };
+        assert_eq!(written(j2.append(pending("b", start()), false)).segment, 2);
+        let before = std::fs::read(segment_path(dir.path(), 2)).unwrap();
+        // This one has a spare ready and moves on to segment 2 at its first
+        // write: the name is taken, so it refuses rather than replace it.
+        let (tx, _lane1) = mpsc::unbounded_channel();
+        let opts = JournalOptions {
             sync: SyncMode::Full,
-            max_segment_bytes: max,
+            max_segment_bytes: 4096,
             max_unindexed_bytes: u64::MAX,
         };
-        let (tx1, _lane1) = mpsc::unbounded_channel();
-        let j1 = Journal::open(dir.path(), 1, full(4096), tx1).unwrap();
+        let j1 = Journal::open(dir.path(), 1, opts, tx).unwrap();
         assert!(j1.spare_settled());
-        let (tx2, _lane2) = mpsc::unbounded_channel();
-        let j2 = Journal::open(dir.path(), 2, full(1 << 20), tx2).unwrap();
-        let at = written(j2.append(pending("b", start()), false));
-        assert_eq!(at.segment, 2);
-        let before = std::fs::read(segment_path(dir.path(), 2)).unwrap();
-        // j1 would move on to segment 2, which exists: refused, not replaced.
         assert!(matches!(
             j1.append(pending("a", start()), false),
             Appended::Refused(_)
