@@ -164,13 +164,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
             if roots.is_empty() {
                 return Err("no system root certificates were found for STARTTLS".into());
             }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS set-up: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
+            super::tls::client_config(&[]).map(Arc::new)
         })
         .clone()
 }

@@ -302,23 +302,24 @@ impl Store {
     /// Calling it again is harmless.
     pub async fn close(&self) {
         self.inner.journal.stop_accepting();
-        let lane = self.inner.slow_lane.lock().ok().and_then(|mut w| w.take());
-        if let Some(lane) = lane
-            && let Err(e) = lane.await
-        {
-            tracing::error!(error = %e, "audit slow lane failed");
-        }
+        join_once(&self.inner.slow_lane, "audit slow lane").await;
         self.inner.journal.close().await;
         self.inner.index.close();
-        let handle = self.inner.indexer.lock().ok().and_then(|mut w| w.take());
-        if let Some(handle) = handle
-            && let Err(e) = handle.await
-        {
-            tracing::error!(error = %e, "audit indexer task failed");
-        }
+        join_once(&self.inner.indexer, "audit indexer task").await;
         self.inner.pool.close().await;
         // Another process may take the store over from here.
         drop(self.inner.dir_lock.lock().ok().and_then(|mut l| l.take()));
+    }
+}
+
+/// Awaits a background task the first time it is called; later calls (a
+/// second `close`) find it taken and return at once.
+async fn join_once(task: &Mutex<Option<JoinHandle<()>>>, what: &str) {
+    let handle = task.lock().ok().and_then(|mut t| t.take());
+    if let Some(handle) = handle
+        && let Err(e) = handle.await
+    {
+        tracing::error!(error = %e, "{what} failed");
     }
 }
 
