@@ -4,4 +4,5 @@
 
 pub mod io;
 pub mod postgres;
+pub mod session_threads;
 pub mod tls;

@@ -27,9 +27,8 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, env = "AIRLOCK_CONFIG", default_value = "airlock.toml")]
         config: PathBuf,
-        /// Threads that run sessions (default: one per CPU). On a small
-        /// machine shared with the database, 1 avoids cross-thread wake-ups
-        /// and is often faster; on a dedicated gateway keep the default.
+        /// Threads that run client sessions, each with its own event loop
+        /// (default: `[server] session_threads`, else one per CPU).
         #[arg(long, env = "AIRLOCK_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         worker_threads: Option<u16>,
     },
@@ -60,15 +59,12 @@ fn main() -> ExitCode {
     // An error only means one is installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve {
-        worker_threads: Some(n),
-        ..
-    } = &cli.command
+    // Sessions run on threads of their own (`SessionThreads`); this runtime
+    // serves the API, the store's background work and the CLI.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
     {
-        builder.worker_threads(usize::from(*n));
-    }
-    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlock: cannot start the runtime: {e}");
@@ -77,7 +73,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config, .. } => serve::run(config).await,
+            Command::Serve {
+                config,
+                worker_threads,
+            } => serve::run(config, worker_threads).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Sessions(cmd) => cli::sessions::run(cmd).await,
             Command::Audit(cmd) => cli::audit::run(cmd).await,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use airlock_adapters::postgres::{PgAdapter, PgSettings, PgTarget, UpstreamTlsMode};
+use airlock_adapters::session_threads::SessionThreads;
 use airlock_adapters::tls;
 use airlock_control::api::{self, ApiState, ApprovalsApi};
 use airlock_control::approvals::{Broker, BrokerSettings};
@@ -39,6 +40,7 @@ pub struct Running {
     pub postgres_addr: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    session_threads: Option<Arc<SessionThreads>>,
     store: Store,
 }
 
@@ -57,6 +59,10 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+        // Sessions still open end here, before the store closes under them.
+        if let Some(threads) = self.session_threads {
+            let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
         }
         self.store.close().await;
     }
@@ -190,7 +196,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }));
 
     let mut postgres_addr = None;
+    let mut session_threads = None;
     if let Some(addr) = cfg.postgres_listen {
+        let count = cfg.file.server.session_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            usize::from,
+        );
+        let threads = Arc::new(
+            SessionThreads::start("airlock-session", count)
+                .context("starting the session threads")?,
+        );
+        session_threads = Some(threads.clone());
         let server_tls = match (&cfg.file.postgres.tls_cert, &cfg.file.postgres.tls_key) {
             (Some(cert), Some(key)) => tls::server_config_from_files(cert, key)?,
             _ => tls::self_signed_server_config(&cfg.data_dir.join("tls"))?,
@@ -215,7 +231,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("listeners.postgres: cannot listen on {addr}"))?;
         postgres_addr = Some(listener.local_addr()?);
-        tasks.push(tokio::spawn(adapter.serve(listener, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(adapter.serve(
+            listener,
+            threads,
+            shutdown_rx.clone(),
+        )));
     }
 
     Ok(Running {
@@ -223,6 +243,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         postgres_addr,
         shutdown: shutdown_tx,
         tasks,
+        session_threads,
         store,
     })
 }
@@ -252,8 +273,13 @@ pub async fn shutdown_signal() {
 }
 
 /// `airlock serve`.
-pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
-    let cfg = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+/// `session_threads` (from `--worker-threads`) overrides `[server]
+/// session_threads`.
+pub async fn run(config_path: PathBuf, session_threads: Option<u16>) -> anyhow::Result<()> {
+    let mut cfg = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if session_threads.is_some() {
+        cfg.file.server.session_threads = session_threads;
+    }
     init_logging(cfg.file.server.log_format);
     let running = start(cfg).await?;
     {

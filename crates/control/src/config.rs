@@ -80,6 +80,8 @@ pub struct ServerSection {
     /// `text` (default) or `json` log lines on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Threads that run client sessions (1–1024; default one per CPU).
+    pub session_threads: Option<u16>,
 }
 
 impl Default for ServerSection {
@@ -91,6 +93,7 @@ impl Default for ServerSection {
             admin_groups: default_admin_groups(),
             auditor_groups: default_auditor_groups(),
             log_format: LogFormat::Text,
+            session_threads: None,
         }
     }
 }
@@ -360,6 +363,18 @@ impl Config {
             }
             None => format!("sqlite://{}", data_dir.join("airlock.db").display()),
         };
+        if file
+            .server
+            .session_threads
+            .is_some_and(|n| !(1..=1024).contains(&n))
+        {
+            return Err(loc.err(
+                "server",
+                None,
+                "session_threads",
+                "must be between 1 and 1024",
+            ));
+        }
         if file.postgres.max_message_bytes < 1024 {
             return Err(loc.err(
                 "postgres",
@@ -1187,6 +1202,25 @@ tags = ["production", "pii"]
         assert!(err.contains("SHOP_DB_PASSWORD"), "{err}");
         assert!(err.contains("connections[0].password_env"), "{err}");
         assert!(err.starts_with("airlock.toml:29:"), "{err}");
+    }
+
+    #[test]
+    fn session_threads_is_checked_and_named() {
+        let with = |n: &str| {
+            EXAMPLE.replace(
+                "data_dir = \"./airlock-data\"",
+                &format!("data_dir = \"./airlock-data\"\nsession_threads = {n}"),
+            )
+        };
+        let cfg = Config::from_toml(&with("3"), "airlock.toml", &env_all).unwrap();
+        assert_eq!(cfg.file.server.session_threads, Some(3));
+        for bad in ["0", "2000"] {
+            let err = Config::from_toml(&with(bad), "airlock.toml", &env_all)
+                .unwrap_err()
+                .0;
+            assert!(err.contains("server.session_threads"), "{err}");
+            assert!(err.contains("airlock.toml:6:"), "{err}");
+        }
     }
 
     #[test]

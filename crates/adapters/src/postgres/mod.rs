@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use airlock_pipeline::Pipeline;
+
+use crate::session_threads::SessionThreads;
 use metrics::{Counter, Histogram};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use cancel::CancelRegistry;
@@ -82,10 +84,12 @@ impl PgAdapter {
     }
 
     /// Accepts clients until `shutdown` turns true. Each client runs in its
-    /// own task; one failing session never affects another.
+    /// own task on one of the session `threads`; one failing session never
+    /// affects another.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        threads: Arc<SessionThreads>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
@@ -93,7 +97,21 @@ impl PgAdapter {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         self.meters.connections.increment(1);
-                        tokio::spawn(session::run(self.clone(), tcp, peer));
+                        // Re-registered on the session's own thread.
+                        let tcp = match tcp.into_std() {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                tracing::warn!(client = %peer, error = %e, "cannot hand the connection to a session thread");
+                                continue;
+                            }
+                        };
+                        let adapter = self.clone();
+                        threads.spawn(move || async move {
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => session::run(adapter, tcp, peer).await,
+                                Err(e) => tracing::warn!(client = %peer, error = %e, "cannot register the connection on its session thread"),
+                            }
+                        });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off briefly, keep serving.

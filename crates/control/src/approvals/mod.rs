@@ -341,6 +341,10 @@ struct Inner {
     grants: RwLock<Grants>,
     /// At most one timer per request: its expiry, then its grant's end.
     timers: Mutex<HashMap<Uuid, AbortHandle>>,
+    /// Where timers run: the runtime the broker was opened on, not the
+    /// session thread that happened to create the request (it stops with
+    /// its sessions).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Inner {
@@ -401,6 +405,7 @@ impl Broker {
                 wakers: Mutex::new(HashMap::new()),
                 grants: RwLock::new(Grants::default()),
                 timers: Mutex::new(HashMap::new()),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         let now = now_us();
@@ -1101,7 +1106,7 @@ impl Broker {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let wait = Duration::from_micros(u64::try_from(at_us - now_us()).unwrap_or(0));
         let deadline = tokio::time::Instant::now() + wait;
-        let task = tokio::spawn(async move {
+        let task = self.inner.runtime.spawn(async move {
             tokio::time::sleep_until(deadline).await;
             let Some(inner) = weak.upgrade() else {
                 return;
