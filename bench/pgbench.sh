@@ -8,7 +8,7 @@
 #
 # Environment (all optional):
 #   BENCH_SECONDS=20        measured seconds per run
-#   BENCH_WORKER_THREADS=   passed to `airlock serve --worker-threads` (default: one per CPU)
+#   BENCH_WORKER_THREADS=   passed to `airlock serve --worker-threads` (session threads; default: one per CPU)
 #   BENCH_WARMUP=3          warm-up seconds before each measured run
 #   BENCH_SCALE=10          pgbench -i scale factor
 #   BENCH_STORE_SYNC=full   Airlock [store] sync: full | normal
@@ -308,7 +308,7 @@ report_facts
 {
     echo "# pgbench: direct vs Airlock vs PgBouncer"
     echo
-    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); worker threads: ${BENCH_WORKER_THREADS:-one per CPU}"
+    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); session threads: ${BENCH_WORKER_THREADS:-one per CPU}"
     echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); pgbench, PostgreSQL, PgBouncer and Airlock share the machine"
     echo "- PostgreSQL $PG_VERSION (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
     echo "- each run: ${BENCH_WARMUP} s warm-up, then ${BENCH_SECONDS} s; \`-n\`; 16 clients use \`-j 2\`; TPS without initial connection time; latency = pgbench average per transaction (ms)"
