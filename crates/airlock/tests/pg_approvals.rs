@@ -141,6 +141,10 @@ fn status_of(gw: &Gateway, id: &str) -> String {
 }
 
 fn setup_with(extra: &str) -> (PgCluster, Gateway) {
+    setup_config(|c| c.extra_toml(extra))
+}
+
+fn setup_config(tune: impl FnOnce(GatewayConfig) -> GatewayConfig) -> (PgCluster, Gateway) {
     let pg = PgCluster::start();
     for db in ["shop", "lab"] {
         pg.create_database(db, SCRAM_USER);
@@ -149,13 +153,12 @@ fn setup_with(extra: &str) -> (PgCluster, Gateway) {
             &format!("SET ROLE {SCRAM_USER}; CREATE TABLE payments (id int PRIMARY KEY, amount int); INSERT INTO payments VALUES (1, 10), (2, 20);"),
         );
     }
-    let gw = Gateway::start(
+    let gw = Gateway::start(tune(
         GatewayConfig::new(&pg)
             .identity("bob", "human", &["dba"])
             .identity("carol", "human", &["devs"])
-            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
-            .extra_toml(extra),
-    );
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"])),
+    ));
     (pg, gw)
 }
 
@@ -390,9 +393,20 @@ fn a_held_statement_inside_a_transaction_commits_with_it() {
     );
 }
 
+/// On one session thread, so waiting sessions must not hold the thread
+/// that serves the others.
 #[test]
 fn fifty_sessions_wait_at_once_while_others_keep_working() {
-    let (pg, gw) = setup();
+    let (pg, gw) = setup_config(|c| c.server_setting("session_threads", "1"));
+    let threads = gw.thread_names();
+    assert_eq!(
+        threads
+            .iter()
+            .filter(|n| n.starts_with("airlock-session"))
+            .count(),
+        1,
+        "{threads:?}"
+    );
     let script = r#"
 import sys, threading, psycopg
 ci = sys.argv[1]

@@ -750,6 +750,18 @@ impl Gateway {
         &self.addrs
     }
 
+    /// Names of the gateway process's threads (from `/proc`).
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.child.as_ref().expect("gateway is running").id();
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the gateway's /proc/PID/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The PostgreSQL listener.
     pub fn pg_addr(&self) -> SocketAddr {
         self.addr("postgres")
