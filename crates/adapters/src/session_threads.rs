@@ -22,11 +22,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::{Builder, Handle};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// A fixed set of session threads.
 pub struct SessionThreads {
     threads: Vec<SessionThread>,
+    /// Live sessions on all threads, for [`SessionThreads::drained`].
+    total: Arc<watch::Sender<usize>>,
 }
 
 struct SessionThread {
@@ -61,7 +63,10 @@ impl SessionThreads {
                 join: Mutex::new(Some(join)),
             });
         }
-        Ok(SessionThreads { threads })
+        Ok(SessionThreads {
+            threads,
+            total: Arc::new(watch::Sender::new(0)),
+        })
     }
 
     /// How many threads there are.
@@ -91,12 +96,20 @@ impl SessionThreads {
             .iter()
             .min_by_key(|t| t.live.load(Ordering::Relaxed))
             .expect("at least one session thread");
-        let live = LiveGuard::enter(&thread.live);
+        let live = LiveGuard::enter(&thread.live, &self.total);
         // The future is built on the target thread (see above).
         thread.handle.spawn(async move {
             let _live = live;
             make().await;
         });
+    }
+
+    /// Resolves true once no session is live, or false after `within`.
+    pub async fn drained(&self, within: std::time::Duration) -> bool {
+        let mut rx = self.total.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
     }
 
     /// Stops every thread, dropping the sessions still running on them, and
@@ -130,18 +143,26 @@ impl Drop for SessionThreads {
 
 /// Counts a session as live on its thread from `spawn` until it ends (or is
 /// dropped unpolled when its thread stops).
-struct LiveGuard(Arc<AtomicUsize>);
+struct LiveGuard {
+    thread: Arc<AtomicUsize>,
+    total: Arc<watch::Sender<usize>>,
+}
 
 impl LiveGuard {
-    fn enter(live: &Arc<AtomicUsize>) -> LiveGuard {
-        live.fetch_add(1, Ordering::Relaxed);
-        LiveGuard(live.clone())
+    fn enter(thread: &Arc<AtomicUsize>, total: &Arc<watch::Sender<usize>>) -> LiveGuard {
+        thread.fetch_add(1, Ordering::Relaxed);
+        total.send_modify(|n| *n += 1);
+        LiveGuard {
+            thread: thread.clone(),
+            total: total.clone(),
+        }
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.thread.fetch_sub(1, Ordering::Relaxed);
+        self.total.send_modify(|n| *n -= 1);
     }
 }
 
@@ -178,6 +199,19 @@ mod tests {
                 "test-session-1"
             ]
         );
+
+        // Draining waits for live sessions; none end here, so it gives up.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(!rt.block_on(threads.drained(std::time::Duration::from_millis(1))));
+        drop(releases);
+        assert!(
+            rt.block_on(threads.drained(std::time::Duration::from_secs(60))),
+            "all four ended once released"
+        );
+        assert_eq!(threads.live(), vec![0, 0]);
 
         // Stopping drops the sessions still waiting and joins the threads.
         let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();

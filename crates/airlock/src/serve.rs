@@ -44,6 +44,9 @@ pub struct Running {
     store: Store,
 }
 
+/// How long a stopping gateway waits for its sessions to end.
+const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Running {
     /// The line test harnesses and scripts wait for.
     pub fn ready_line(&self) -> String {
@@ -54,14 +57,24 @@ impl Running {
         line
     }
 
-    /// Stops accepting, lets the store drain, and returns.
+    /// Stops accepting, ends the sessions, lets the store drain, and returns.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
         }
-        // Sessions still open end here, before the store closes under them.
+        // Established sessions saw the same signal: each tells its client
+        // (57P01) and records its end, which needs the store still open.
+        // Whatever is left after that (a client still in startup) is
+        // dropped with its thread.
         if let Some(threads) = self.session_threads {
+            if !threads.drained(SESSION_DRAIN).await {
+                tracing::warn!(
+                    live = ?threads.live(),
+                    "sessions still open after {}s of shutdown are dropped",
+                    SESSION_DRAIN.as_secs()
+                );
+            }
             let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
         }
         self.store.close().await;

@@ -501,6 +501,55 @@ fn malformed_startup_and_oversized_messages_close_only_that_session() {
     );
 }
 
+/// SIGTERM: an open session gets PostgreSQL's own shutdown error (57P01)
+/// between messages, and its end is recorded before the gateway exits.
+#[test]
+fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
+    let (_pg, mut gw) = lab();
+    let rt = rt();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&gw.conninfo("alice", "lab"), NoTls))
+        .unwrap();
+    let conn = rt.spawn(conn);
+    rt.block_on(client.simple_query("SELECT 1")).unwrap();
+
+    let status = gw.terminate();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM stops the gateway cleanly: {status:?}\n{}",
+        gw.stderr_contents()
+    );
+    let err = rt
+        .block_on(conn)
+        .unwrap()
+        .expect_err("the connection ends with the gateway's error");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+        "{err}"
+    );
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("shutting down")),
+        "{message:?}"
+    );
+
+    gw.restart();
+    let list = cli_json(&gw, &["sessions", "list", "--json"]);
+    let sessions = list
+        .as_array()
+        .or_else(|| list["sessions"].as_array())
+        .expect("a list of sessions");
+    let lab = sessions
+        .iter()
+        .find(|s| s["connection"] == "lab")
+        .unwrap_or_else(|| panic!("the lab session: {list}"));
+    assert_eq!(lab["status"], "ended", "{lab}");
+    assert_eq!(lab["end_reason"], "the gateway is shutting down", "{lab}");
+}
+
 #[test]
 fn every_statement_is_recorded_and_the_chain_detects_tampering() {
     let (pg, gw) = lab();

@@ -106,9 +106,10 @@ impl PgAdapter {
                             }
                         };
                         let adapter = self.clone();
+                        let stop = shutdown.clone();
                         threads.spawn(move || async move {
                             match TcpStream::from_std(tcp) {
-                                Ok(tcp) => session::run(adapter, tcp, peer).await,
+                                Ok(tcp) => session::run(adapter, tcp, peer, stop).await,
                                 Err(e) => tracing::warn!(client = %peer, error = %e, "cannot register the connection on its session thread"),
                             }
                         });

@@ -29,7 +29,7 @@ use airlock_wire::startup::{StartupMessage, split_startup};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::PgAdapter;
 use super::cancel::UpstreamKey;
@@ -68,9 +68,16 @@ enum Ctl {
 }
 
 /// Handles one accepted TCP connection until it ends.
-pub async fn run(adapter: Arc<PgAdapter>, tcp: TcpStream, peer: SocketAddr) {
+/// When `shutdown` turns true, an established session tells its client
+/// (FATAL 57P01, between messages) and records its end.
+pub async fn run(
+    adapter: Arc<PgAdapter>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = tcp.set_nodelay(true);
-    match startup(&adapter, tcp, peer).await {
+    match startup(&adapter, tcp, peer, shutdown).await {
         Ok(()) => {}
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "postgres session ended during startup")
@@ -121,6 +128,7 @@ async fn startup(
     adapter: &Arc<PgAdapter>,
     mut tcp: TcpStream,
     peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), StartupError> {
     let mut buf = BytesMut::with_capacity(1024);
     // Phase 1, on plain TCP: SSLRequest, GSSENCRequest, CancelRequest or a
@@ -374,7 +382,7 @@ async fn startup(
         bytes: 0,
     };
     let client_fut = client.run(cr, uw, buf);
-    let server_fut = server.run(ur, cw, rx, up.leftover);
+    let server_fut = server.run(ur, cw, rx, up.leftover, shutdown);
     tokio::pin!(client_fut, server_fut);
     let (reason, from_client, to_client) = tokio::select! {
         (reason, from_client) = &mut client_fut => {
@@ -870,6 +878,16 @@ struct ServerHalf {
     bytes: u64,
 }
 
+/// Resolves once the gateway is stopping (never, if nobody can say so).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What a client is told when the gateway stops under its session.
+const SHUTTING_DOWN: &str = "terminating connection because the Airlock gateway is shutting down";
+
 impl ServerHalf {
     async fn run(
         mut self,
@@ -877,6 +895,7 @@ impl ServerHalf {
         mut cw: WriteHalf<BoxStream>,
         mut rx: mpsc::UnboundedReceiver<Ctl>,
         mut buf: BytesMut,
+        mut shutdown: watch::Receiver<bool>,
     ) -> (String, u64) {
         let max = self.adapter.settings.max_message_bytes;
         let mut rx_open = true;
@@ -929,6 +948,14 @@ impl ServerHalf {
                         }
                     }
                     None => rx_open = false,
+                },
+                // Before the upstream read, so a long result stream cannot
+                // keep a stopping gateway waiting. Only whole messages have
+                // been relayed at this point, so the error lands between
+                // two, as PostgreSQL's own shutdown error does.
+                () = stopping(&mut shutdown) => {
+                    let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
+                    break "the gateway is shutting down".to_string();
                 },
                 r = ur.read_buf(&mut buf) => match r {
                     Ok(0) => {

@@ -752,7 +752,7 @@ impl Gateway {
 
     /// Names of the gateway process's threads (from `/proc`).
     pub fn thread_names(&self) -> Vec<String> {
-        let pid = self.child.as_ref().expect("gateway is running").id();
+        let pid = self.pid().expect("gateway is running");
         let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .expect("the gateway's /proc/PID/task")
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
