@@ -8,7 +8,7 @@
 #
 # Environment (all optional):
 #   BENCH_SECONDS=20        measured seconds per run
-#   BENCH_WORKER_THREADS=   passed to `airlock serve --worker-threads` (session threads; default: one per CPU)
+#   BENCH_SESSION_THREADS=   passed to `airlock serve --session-threads` (default: one per CPU)
 #   BENCH_WARMUP=3          warm-up seconds before each measured run
 #   BENCH_SCALE=10          pgbench -i scale factor
 #   BENCH_STORE_SYNC=full   Airlock [store] sync: full | normal
@@ -39,7 +39,7 @@ BENCH_STORE_SYNC="${BENCH_STORE_SYNC:-full}"
 BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
 BENCH_TARGETS="${BENCH_TARGETS:-direct,airlock,pgbouncer}"
 STAMP="$(date +%Y-%m-%d-%H%M%S)"
-BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC${BENCH_WORKER_THREADS:+-threads-$BENCH_WORKER_THREADS}.md}"
+BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC${BENCH_SESSION_THREADS:+-threads-$BENCH_SESSION_THREADS}.md}"
 
 case "$BENCH_STORE_SYNC" in full|normal) ;; *) die "BENCH_STORE_SYNC must be full or normal, not '$BENCH_STORE_SYNC'" ;; esac
 [[ "$BENCH_SECONDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
@@ -103,7 +103,7 @@ if has_target airlock; then
         airlock_identity bencher human dba BENCHER_TOKEN
         airlock_connection bench bench BENCH_DB_PASSWORD bench
     } >"$TMP/airlock.toml"
-    start_airlock ${BENCH_WORKER_THREADS:+--worker-threads "$BENCH_WORKER_THREADS"}
+    start_airlock ${BENCH_SESSION_THREADS:+--session-threads "$BENCH_SESSION_THREADS"}
     say "Airlock ($AIRLOCK_READY), store sync=$BENCH_STORE_SYNC"
     PGPASSWORD="$BENCHER_TOKEN" "$PSQL" -X -q -At -h 127.0.0.1 -p "$AIRLOCK_PORT" -U bencher -d bench \
         -c "SELECT count(*) FROM pgbench_branches" >/dev/null \
@@ -308,7 +308,7 @@ report_facts
 {
     echo "# pgbench: direct vs Airlock vs PgBouncer"
     echo
-    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); session threads: ${BENCH_WORKER_THREADS:-one per CPU}"
+    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); session threads: ${BENCH_SESSION_THREADS:-one per CPU}"
     echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); pgbench, PostgreSQL, PgBouncer and Airlock share the machine"
     echo "- PostgreSQL $PG_VERSION (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
     echo "- each run: ${BENCH_WARMUP} s warm-up, then ${BENCH_SECONDS} s; \`-n\`; 16 clients use \`-j 2\`; TPS without initial connection time; latency = pgbench average per transaction (ms)"

@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::{oneshot, watch};
 
+/// How long a stopping thread waits for blocking work its sessions started.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A fixed set of session threads.
 pub struct SessionThreads {
     threads: Vec<SessionThread>,
@@ -55,6 +58,10 @@ impl SessionThreads {
                     runtime.block_on(async move {
                         let _ = stopped.await;
                     });
+                    // Not a plain drop, which would wait without limit for
+                    // blocking work still running (a DNS lookup for an
+                    // upstream or a cancel).
+                    runtime.shutdown_timeout(BLOCKING_GRACE);
                 })?;
             threads.push(SessionThread {
                 handle,

@@ -29,8 +29,9 @@ enum Command {
         config: PathBuf,
         /// Threads that run client sessions, each with its own event loop
         /// (default: `[server] session_threads`, else one per CPU).
-        #[arg(long, env = "AIRLOCK_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
-        worker_threads: Option<u16>,
+        /// `--worker-threads` is the older name.
+        #[arg(long, alias = "worker-threads", env = "AIRLOCK_SESSION_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        session_threads: Option<u16>,
     },
     /// Start a throwaway PostgreSQL with sample PII data and the gateway in
     /// front of it, and print ready-to-paste psql lines. Ctrl-C cleans up.
@@ -75,8 +76,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve {
                 config,
-                worker_threads,
-            } => serve::run(config, worker_threads).await,
+                session_threads,
+            } => serve::run(config, session_threads).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Sessions(cmd) => cli::sessions::run(cmd).await,
             Command::Audit(cmd) => cli::audit::run(cmd).await,

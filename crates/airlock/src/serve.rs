@@ -286,7 +286,7 @@ pub async fn shutdown_signal() {
 }
 
 /// `airlock serve`.
-/// `session_threads` (from `--worker-threads`) overrides `[server]
+/// `session_threads` (from `--session-threads`) overrides `[server]
 /// session_threads`.
 pub async fn run(config_path: PathBuf, session_threads: Option<u16>) -> anyhow::Result<()> {
     let mut cfg = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -698,3 +698,48 @@ fn a_cancel_request_withdraws_the_held_statement_and_the_session_goes_on() {
         "1,2"
     );
 }
+
+/// Stopping the gateway while a statement is held: the client gets 57P01,
+/// the statement never runs, and the session withdraws the request as it
+/// ends (the next start finds nothing left to clean up).
+#[test]
+fn stopping_the_gateway_withdraws_a_held_statement() {
+    let (pg, mut gw) = setup();
+    let rt = rt();
+    let (client, mut notices) = rt.block_on(connect_with_notices(&gw.conninfo("agent", "shop")));
+    let client = Arc::new(client);
+    let delete = rt.spawn({
+        let client = client.clone();
+        async move {
+            client
+                .simple_query("DELETE FROM payments WHERE id = 1")
+                .await
+        }
+    });
+    let id = held_id_in(&rt.block_on(notices.recv()).expect("the hold notice"));
+
+    let status = gw.terminate();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM stops the gateway cleanly: {status:?}\n{}",
+        gw.stderr_contents()
+    );
+    let err = rt
+        .block_on(delete)
+        .unwrap()
+        .expect_err("a held statement does not outlive the gateway");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+
+    gw.restart();
+    assert_eq!(status_of(&gw, &id), "withdrawn");
+    let log = gw.stderr_contents();
+    assert!(
+        !log.contains("withdrew a held command left by a previous run"),
+        "withdrawn at shutdown, not by the next start: {log}"
+    );
+    assert_eq!(
+        pg.psql_admin_db("shop", "SELECT count(*) FROM payments")
+            .trim(),
+        "2"
+    );
+}

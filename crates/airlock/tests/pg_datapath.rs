@@ -501,17 +501,54 @@ fn malformed_startup_and_oversized_messages_close_only_that_session() {
     );
 }
 
-/// SIGTERM: an open session gets PostgreSQL's own shutdown error (57P01)
-/// between messages, and its end is recorded before the gateway exits.
+/// SIGTERM: an idle session (listening, just notified) gets PostgreSQL's
+/// own shutdown error (57P01);
+/// a session with a statement running first gets that statement's real
+/// outcome (cancelled, 57014), then 57P01; both ends are recorded, and so
+/// is the cancelled statement's result.
 #[test]
 fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
-    let (_pg, mut gw) = lab();
+    let (pg, mut gw) = lab();
     let rt = rt();
-    let (client, conn) = rt
+    let open = |rt: &tokio::runtime::Runtime| {
+        let (client, conn) = rt
+            .block_on(tokio_postgres::connect(&gw.conninfo("alice", "lab"), NoTls))
+            .unwrap();
+        (client, rt.spawn(conn))
+    };
+    // The idle session listens and has just been sent a notification.
+    let (idle, mut idle_conn) = rt
         .block_on(tokio_postgres::connect(&gw.conninfo("alice", "lab"), NoTls))
         .unwrap();
-    let conn = rt.spawn(conn);
-    rt.block_on(client.simple_query("SELECT 1")).unwrap();
+    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    let idle_conn = rt.spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| idle_conn.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message? {
+                let _ = notified.send(n.channel().to_owned());
+            }
+        }
+        Ok(())
+    });
+    rt.block_on(idle.batch_execute("LISTEN airlock_stop"))
+        .unwrap();
+    pg.psql_admin_db("lab", "NOTIFY airlock_stop");
+    assert_eq!(
+        rt.block_on(notifications.recv()).as_deref(),
+        Some("airlock_stop")
+    );
+    let (busy, busy_conn) = open(&rt);
+    // Kept here: a dropped client would end its connection on its own.
+    let busy = std::sync::Arc::new(busy);
+    let sleeper = rt.spawn({
+        let busy = busy.clone();
+        async move { busy.simple_query("SELECT pg_sleep(30)").await }
+    });
+    wait_until("pg_sleep(30) runs upstream", || {
+        pg.psql_admin("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'")
+            .trim()
+            == "1"
+    });
 
     let status = gw.terminate();
     assert!(
@@ -519,22 +556,35 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
         "SIGTERM stops the gateway cleanly: {status:?}\n{}",
         gw.stderr_contents()
     );
-    let err = rt
-        .block_on(conn)
+    let shut_down = |conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>| {
+        let err = rt
+            .block_on(conn)
+            .unwrap()
+            .expect_err("the connection ends with the gateway's error");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+            "{err:?}"
+        );
+        let message = err.as_db_error().map(|e| e.message().to_owned());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("shutting down")),
+            "{message:?}"
+        );
+    };
+    shut_down(idle_conn);
+    let slept = rt
+        .block_on(sleeper)
         .unwrap()
-        .expect_err("the connection ends with the gateway's error");
+        .expect_err("the sleep was cancelled");
     assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
-        "{err}"
+        slept.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{slept:?}"
     );
-    let message = err.as_db_error().map(|e| e.message().to_owned());
-    assert!(
-        message
-            .as_deref()
-            .is_some_and(|m| m.contains("shutting down")),
-        "{message:?}"
-    );
+    shut_down(busy_conn);
 
     gw.restart();
     let list = cli_json(&gw, &["sessions", "list", "--json"]);
@@ -542,12 +592,37 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
         .as_array()
         .or_else(|| list["sessions"].as_array())
         .expect("a list of sessions");
-    let lab = sessions
+    let lab: Vec<_> = sessions
         .iter()
-        .find(|s| s["connection"] == "lab")
-        .unwrap_or_else(|| panic!("the lab session: {list}"));
-    assert_eq!(lab["status"], "ended", "{lab}");
-    assert_eq!(lab["end_reason"], "the gateway is shutting down", "{lab}");
+        .filter(|s| s["connection"] == "lab")
+        .collect();
+    assert_eq!(lab.len(), 2, "{list}");
+    for session in &lab {
+        assert_eq!(session["status"], "ended", "{session}");
+        assert_eq!(
+            session["end_reason"], "the gateway is shutting down",
+            "{session}"
+        );
+        assert!(
+            session["bytes_from_client"].as_u64().is_some_and(|n| n > 0),
+            "client bytes are counted whichever half ended first: {session}"
+        );
+    }
+    let timelines: String = lab
+        .iter()
+        .map(|s| {
+            cli_json(
+                &gw,
+                &["sessions", "show", s["id"].as_str().unwrap(), "--json"],
+            )
+            .to_string()
+        })
+        .collect();
+    assert!(timelines.contains("pg_sleep(30)"), "{timelines}");
+    assert!(
+        timelines.contains("57014"),
+        "the cancelled statement's outcome is recorded: {timelines}"
+    );
 }
 
 #[test]

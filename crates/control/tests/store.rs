@@ -756,3 +756,39 @@ async fn bad_urls_are_refused() {
         assert!(matches!(err, StoreError::InvalidUrl { .. }), "{url}: {err}");
     }
 }
+
+/// A new database gets 16 KiB pages (the index's rows cost less CPU with
+/// them); an existing one keeps the page size it was made with.
+#[tokio::test]
+async fn a_new_store_uses_16_kib_pages_and_an_old_one_keeps_its_own() {
+    let page_size = |dir: std::path::PathBuf| async move {
+        let (n,): (i64,) = sqlx::query_as("PRAGMA page_size")
+            .fetch_one(&mut raw(&dir).await)
+            .await
+            .unwrap();
+        n
+    };
+    let new = tempfile::tempdir().unwrap();
+    open(new.path()).await.close().await;
+    assert_eq!(page_size(new.path().to_owned()).await, 16384);
+
+    let old = tempfile::tempdir().unwrap();
+    {
+        let url = format!("sqlite://{}", old.path().join("audit.db").display());
+        let mut conn = sqlx::ConnectOptions::connect(
+            &url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::query("CREATE TABLE made_by_an_older_airlock (x)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(page_size(old.path().to_owned()).await, 4096);
+    let store = open(old.path()).await;
+    store.close().await;
+    assert_eq!(page_size(old.path().to_owned()).await, 4096);
+}

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use airlock_pipeline::mask::{ColumnMeta, ConnectionMasker, MaskStats, RowPlan};
@@ -357,6 +358,7 @@ async fn startup(
     let (ur, uw) = tokio::io::split(up.stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let param_types = ParamTypes::default();
+    let from_client = Arc::new(AtomicU64::new(0));
     let client = ClientHalf {
         on_cancel,
         param_types: param_types.clone(),
@@ -366,7 +368,8 @@ async fn startup(
         portals: HashMap::new(),
         batch: 0,
         tx,
-        bytes: 0,
+        bytes: from_client.clone(),
+        shutdown: shutdown.clone(),
     };
     let server = ServerHalf {
         session: session.clone(),
@@ -380,21 +383,23 @@ async fn startup(
         out: BytesMut::new(),
         need: 0,
         bytes: 0,
+        at_ready: true,
     };
     let client_fut = client.run(cr, uw, buf);
-    let server_fut = server.run(ur, cw, rx, up.leftover, shutdown);
+    let server_fut = server.run(ur, cw, rx, up.leftover, shutdown, (up.pid, client_secret));
     tokio::pin!(client_fut, server_fut);
-    let (reason, from_client, to_client) = tokio::select! {
-        (reason, from_client) = &mut client_fut => {
+    let (reason, to_client) = tokio::select! {
+        reason = &mut client_fut => {
             // The client is done; let the upstream finish its answer.
             let to_client = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server_fut).await {
                 Ok((_, n)) => n,
                 Err(_) => 0,
             };
-            (reason, from_client, to_client)
+            (reason, to_client)
         }
-        (reason, to_client) = &mut server_fut => (reason, 0, to_client),
+        (reason, to_client) = &mut server_fut => (reason, to_client),
     };
+    let from_client = from_client.load(Ordering::Relaxed);
     session
         .end(
             SessionTotals {
@@ -431,11 +436,18 @@ struct ClientHalf {
     /// Batches (Query / Sync / FunctionCall) forwarded so far.
     batch: u64,
     tx: mpsc::UnboundedSender<Ctl>,
-    bytes: u64,
+    /// Bytes read from the client; shared, so the session's end has them
+    /// whichever half finishes first.
+    bytes: Arc<AtomicU64>,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// A client protocol violation (or disappearance) that ends the session.
 struct ClientFault(&'static str, String);
+
+/// The fault code of a client half stopped by the gateway's shutdown: the
+/// session ends without a FATAL of the client half's own.
+const STOPPING_FAULT: &str = "57P01";
 
 /// The client half's sockets and read buffer, lent to a command that must
 /// wait for approval.
@@ -451,9 +463,11 @@ impl ClientHalf {
         mut cr: ReadHalf<BoxStream>,
         mut uw: WriteHalf<BoxStream>,
         mut buf: BytesMut,
-    ) -> (String, u64) {
+    ) -> String {
         let max = self.adapter.settings.max_message_bytes;
         let mut out = BytesMut::with_capacity(16 * 1024);
+        let stop = stopping(self.shutdown.clone());
+        tokio::pin!(stop);
         let reason = 'outer: loop {
             loop {
                 let frame = match split_frame(&mut buf, max) {
@@ -478,6 +492,8 @@ impl ClientHalf {
                         let _ = uw.flush().await;
                         break 'outer "client terminated".to_string();
                     }
+                    // The server half tells the client, once nothing runs.
+                    Err(ClientFault(STOPPING_FAULT, _)) => break 'outer STOPPED.to_string(),
                     Err(ClientFault(code, msg)) => {
                         let _ = self.tx.send(Ctl::Inject(fatal(code, &msg).freeze()));
                         break 'outer format!("client protocol error: {msg}");
@@ -499,10 +515,16 @@ impl ClientHalf {
             if let Err(e) = uw.flush().await {
                 break format!("upstream write failed: {e}");
             }
-            match cr.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                // Nothing more goes upstream; what runs there finishes (or
+                // is cancelled) and the server half ends the session.
+                () = &mut stop => break STOPPED.to_string(),
+                r = cr.read_buf(&mut buf) => r,
+            };
+            match read {
                 Ok(0) => break "client disconnected".to_string(),
                 Ok(n) => {
-                    self.bytes += n as u64;
+                    self.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     self.adapter.meters.bytes_from_client.increment(n as u64);
                 }
                 Err(e) => break format!("client read failed: {e}"),
@@ -513,7 +535,7 @@ impl ClientHalf {
         build::terminate(&mut term);
         let _ = uw.write_all(&term).await;
         let _ = uw.shutdown().await;
-        (reason, self.bytes)
+        reason
     }
 
     fn queue(&self, p: Pending) {
@@ -753,10 +775,17 @@ impl ClientHalf {
 
         let limit = self.adapter.settings.max_message_bytes;
         let wait = self.session.await_hold(&hold);
-        tokio::pin!(wait);
+        let stop = stopping(self.shutdown.clone());
+        tokio::pin!(wait, stop);
         let mut cancelled = false;
         loop {
             tokio::select! {
+                // The held command is not run; its request is withdrawn now
+                // rather than left pending for the next start.
+                () = &mut stop => {
+                    self.session.withdraw(&hold).await;
+                    return Err(ClientFault(STOPPING_FAULT, STOPPED.into()));
+                }
                 decided = &mut wait => {
                     return Ok(match decided {
                         Admission::Refuse { seq, .. } if cancelled => Admission::Refuse {
@@ -781,7 +810,9 @@ impl ClientHalf {
                         self.session.withdraw(&hold).await;
                         return Err(gone("client disconnected while its command was held".into()));
                     }
-                    Ok(n) => self.bytes += n as u64,
+                    Ok(n) => {
+                        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 },
             }
         }
@@ -876,14 +907,22 @@ struct ServerHalf {
     /// read buffer reuses its space instead of growing.
     need: usize,
     bytes: u64,
+    /// The last message relayed to the client was ReadyForQuery (true after
+    /// start-up, which ends with one).
+    at_ready: bool,
 }
 
 /// Resolves once the gateway is stopping (never, if nobody can say so).
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+/// Callers pin one per loop rather than making one per turn: each turn
+/// would register with (and leave) the channel shared by every session.
+async fn stopping(mut shutdown: watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
+
+/// The reason recorded for sessions the gateway's shutdown ends.
+const STOPPED: &str = "the gateway is shutting down";
 
 /// What a client is told when the gateway stops under its session.
 const SHUTTING_DOWN: &str = "terminating connection because the Airlock gateway is shutting down";
@@ -895,10 +934,17 @@ impl ServerHalf {
         mut cw: WriteHalf<BoxStream>,
         mut rx: mpsc::UnboundedReceiver<Ctl>,
         mut buf: BytesMut,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
+        (pid, cancel_secret): (i32, i32),
     ) -> (String, u64) {
         let max = self.adapter.settings.max_message_bytes;
         let mut rx_open = true;
+        let stop = stopping(shutdown);
+        tokio::pin!(stop);
+        // The gateway is stopping: once the client half has stopped and no
+        // command is in flight, the client gets FATAL 57P01 and the session
+        // ends.
+        let mut draining = false;
         let reason = loop {
             if !buf.is_empty() {
                 while let Ok(ctl) = rx.try_recv() {
@@ -932,6 +978,18 @@ impl ServerHalf {
                     }
                 }
             }
+            // The client half has stopped too (it withdraws a held command
+            // on its way out), every forwarded command has its answer, and
+            // the last message relayed was ReadyForQuery: the client is not
+            // in the middle of a response.
+            if draining
+                && !rx_open
+                && self.at_ready
+                && self.nothing_in_flight(&mut rx, &mut cw).await
+            {
+                let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
+                break STOPPED.to_string();
+            }
             if self.need > 0 {
                 buf.reserve(self.need);
                 self.need = 0;
@@ -950,12 +1008,17 @@ impl ServerHalf {
                     None => rx_open = false,
                 },
                 // Before the upstream read, so a long result stream cannot
-                // keep a stopping gateway waiting. Only whole messages have
-                // been relayed at this point, so the error lands between
-                // two, as PostgreSQL's own shutdown error does.
-                () = stopping(&mut shutdown) => {
-                    let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
-                    break "the gateway is shutting down".to_string();
+                // keep a stopping gateway waiting. A command in flight is
+                // cancelled (PostgreSQL answers it, and that outcome is
+                // relayed and recorded); the FATAL waits for its answer.
+                // Only whole messages are ever relayed, so the FATAL lands
+                // between two, as PostgreSQL's own shutdown error does.
+                () = &mut stop, if !draining => {
+                    draining = true;
+                    if !self.nothing_in_flight(&mut rx, &mut cw).await {
+                        let adapter = self.adapter.clone();
+                        tokio::spawn(async move { adapter.cancels.cancel(pid, cancel_secret).await });
+                    }
                 },
                 r = ur.read_buf(&mut buf) => match r {
                     Ok(0) => {
@@ -963,6 +1026,10 @@ impl ServerHalf {
                             if self.control(ctl, &mut cw).await.is_err() {
                                 break;
                             }
+                        }
+                        if draining {
+                            let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
+                            break STOPPED.to_string();
                         }
                         break "upstream closed the connection".to_string();
                     }
@@ -974,6 +1041,22 @@ impl ServerHalf {
         let _ = cw.flush().await;
         let _ = cw.shutdown().await;
         (reason, self.bytes)
+    }
+
+    /// True when no forwarded command waits for its answer. Takes in what
+    /// the client half queued first: it queues a command before sending it.
+    async fn nothing_in_flight(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Ctl>,
+        cw: &mut WriteHalf<BoxStream>,
+    ) -> bool {
+        while let Ok(ctl) = rx.try_recv() {
+            if self.control(ctl, cw).await.is_err() {
+                // The client is gone; nothing is waited for on its behalf.
+                return true;
+            }
+        }
+        self.tracker.is_empty()
     }
 
     async fn control(&mut self, ctl: Ctl, cw: &mut WriteHalf<BoxStream>) -> std::io::Result<()> {
@@ -1047,6 +1130,14 @@ impl ServerHalf {
                 break;
             }
             let frame = &rest[..total];
+            self.at_ready = match frame[0] {
+                backend::tag::READY_FOR_QUERY => true,
+                // Asynchronous: may come while the session is idle.
+                backend::tag::NOTIFICATION_RESPONSE
+                | backend::tag::NOTICE_RESPONSE
+                | backend::tag::PARAMETER_STATUS => self.at_ready,
+                _ => false,
+            };
             repl.clear();
             if self.observe(frame, &mut repl) {
                 if rebuilding {

@@ -38,6 +38,11 @@ use journal::{Appended, Head, Journal, JournalOptions, PendingEvent, SlowEvent};
 
 /// How long a connection waits for a lock held by another before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page size of a new database file (an existing one keeps its own). The
+/// index inserts two rows per statement; with 16 KiB pages each row costs
+/// less CPU than with SQLite's default 4 KiB (fewer page splits and WAL
+/// frames per row).
+const PAGE_SIZE: u32 = 16 * 1024;
 /// Read connections; listing and verification are rare next to appends.
 const READ_POOL_SIZE: u32 = 4;
 
@@ -192,6 +197,7 @@ impl Store {
         let mut conn = base
             .clone()
             .create_if_missing(true)
+            .page_size(PAGE_SIZE)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)
             .connect()
