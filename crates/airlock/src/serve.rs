@@ -45,7 +45,9 @@ pub struct Running {
 }
 
 /// How long a stopping gateway waits for its sessions to end.
-const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longer than the 5 s a session gives its upstream to finish answering
+/// once its client half has stopped, so that session's end is recorded.
+const SESSION_DRAIN: std::time::Duration = std::time::Duration::from_secs(6);
 
 impl Running {
     /// The line test harnesses and scripts wait for.
@@ -177,8 +179,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     if let Some(path) = policy_path {
         let engine = engine.clone();
+        let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
-            policy::watch_file(engine, path).await;
+            // It never ends by itself; `stop` must not wait for it.
+            tokio::select! {
+                () = policy::watch_file(engine, path) => {}
+                _ = stop.wait_for(|v| *v) => {}
+            }
         }));
     }
 

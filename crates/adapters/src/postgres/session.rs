@@ -359,6 +359,7 @@ async fn startup(
     let (tx, rx) = mpsc::unbounded_channel();
     let param_types = ParamTypes::default();
     let from_client = Arc::new(AtomicU64::new(0));
+    let to_client = Arc::new(AtomicU64::new(0));
     let client = ClientHalf {
         on_cancel,
         param_types: param_types.clone(),
@@ -382,24 +383,22 @@ async fn startup(
         repl: BytesMut::new(),
         out: BytesMut::new(),
         need: 0,
-        bytes: 0,
+        bytes: to_client.clone(),
         at_ready: true,
     };
     let client_fut = client.run(cr, uw, buf);
     let server_fut = server.run(ur, cw, rx, up.leftover, shutdown, (up.pid, client_secret));
     tokio::pin!(client_fut, server_fut);
-    let (reason, to_client) = tokio::select! {
+    let reason = tokio::select! {
         reason = &mut client_fut => {
             // The client is done; let the upstream finish its answer.
-            let to_client = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server_fut).await {
-                Ok((_, n)) => n,
-                Err(_) => 0,
-            };
-            (reason, to_client)
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server_fut).await;
+            reason
         }
-        (reason, to_client) = &mut server_fut => (reason, to_client),
+        (reason, _) = &mut server_fut => reason,
     };
     let from_client = from_client.load(Ordering::Relaxed);
+    let to_client = to_client.load(Ordering::Relaxed);
     session
         .end(
             SessionTotals {
@@ -516,6 +515,7 @@ impl ClientHalf {
                 break format!("upstream write failed: {e}");
             }
             let read = tokio::select! {
+                biased;
                 // Nothing more goes upstream; what runs there finishes (or
                 // is cancelled) and the server half ends the session.
                 () = &mut stop => break STOPPED.to_string(),
@@ -780,6 +780,9 @@ impl ClientHalf {
         let mut cancelled = false;
         loop {
             tokio::select! {
+                // The stop first: a decision arriving with it does not
+                // release the command any more.
+                biased;
                 // The held command is not run; its request is withdrawn now
                 // rather than left pending for the next start.
                 () = &mut stop => {
@@ -906,7 +909,8 @@ struct ServerHalf {
     /// before the next read, after the relayed part was split off, so the
     /// read buffer reuses its space instead of growing.
     need: usize,
-    bytes: u64,
+    /// Bytes written to the client; shared like the client half's count.
+    bytes: Arc<AtomicU64>,
     /// The last message relayed to the client was ReadyForQuery (true after
     /// start-up, which ends with one).
     at_ready: bool,
@@ -945,11 +949,13 @@ impl ServerHalf {
         // command is in flight, the client gets FATAL 57P01 and the session
         // ends.
         let mut draining = false;
+        // The command a cancel was last sent for while draining.
+        let mut cancelled: Option<u64> = None;
         let reason = loop {
             if !buf.is_empty() {
                 while let Ok(ctl) = rx.try_recv() {
                     if let Err(e) = self.control(ctl, &mut cw).await {
-                        return (format!("client write failed: {e}"), self.bytes);
+                        return (format!("client write failed: {e}"), self.sent());
                     }
                 }
                 if let Err(e) = self.resolve_tables(&buf, max).await {
@@ -962,7 +968,7 @@ impl ServerHalf {
                         if let Err(e) = cw.write_all(&chunk).await {
                             break format!("client write failed: {e}");
                         }
-                        self.bytes += chunk.len() as u64;
+                        self.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         self.adapter
                             .meters
                             .bytes_to_client
@@ -978,17 +984,27 @@ impl ServerHalf {
                     }
                 }
             }
-            // The client half has stopped too (it withdraws a held command
-            // on its way out), every forwarded command has its answer, and
-            // the last message relayed was ReadyForQuery: the client is not
-            // in the middle of a response.
-            if draining
-                && !rx_open
-                && self.at_ready
-                && self.nothing_in_flight(&mut rx, &mut cw).await
-            {
-                let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
-                break STOPPED.to_string();
+            if draining {
+                let empty = self.nothing_in_flight(&mut rx, &mut cw).await;
+                // The client half has stopped too (it withdraws a held
+                // command on its way out), every forwarded command has its
+                // answer, and the last message relayed was ReadyForQuery:
+                // the client is not in the middle of a response.
+                if empty && !rx_open && self.at_ready {
+                    let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
+                    break STOPPED.to_string();
+                }
+                // Whatever runs upstream is cancelled, one cancel per
+                // command: the one running at the stop, the ones pipelined
+                // behind it, and one the client half forwarded while the
+                // stop reached it.
+                if let Some(seq) = self.tracker.front_seq()
+                    && cancelled != Some(seq)
+                {
+                    cancelled = Some(seq);
+                    let adapter = self.adapter.clone();
+                    tokio::spawn(async move { adapter.cancels.cancel(pid, cancel_secret).await });
+                }
             }
             if self.need > 0 {
                 buf.reserve(self.need);
@@ -1008,18 +1024,10 @@ impl ServerHalf {
                     None => rx_open = false,
                 },
                 // Before the upstream read, so a long result stream cannot
-                // keep a stopping gateway waiting. A command in flight is
-                // cancelled (PostgreSQL answers it, and that outcome is
-                // relayed and recorded); the FATAL waits for its answer.
-                // Only whole messages are ever relayed, so the FATAL lands
-                // between two, as PostgreSQL's own shutdown error does.
-                () = &mut stop, if !draining => {
-                    draining = true;
-                    if !self.nothing_in_flight(&mut rx, &mut cw).await {
-                        let adapter = self.adapter.clone();
-                        tokio::spawn(async move { adapter.cancels.cancel(pid, cancel_secret).await });
-                    }
-                },
+                // keep a stopping gateway waiting; the loop's top cancels
+                // what runs and ends the session between messages, as
+                // PostgreSQL's own shutdown error does.
+                () = &mut stop, if !draining => draining = true,
                 r = ur.read_buf(&mut buf) => match r {
                     Ok(0) => {
                         while let Ok(ctl) = rx.try_recv() {
@@ -1040,7 +1048,11 @@ impl ServerHalf {
         };
         let _ = cw.flush().await;
         let _ = cw.shutdown().await;
-        (reason, self.bytes)
+        (reason, self.sent())
+    }
+
+    fn sent(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// True when no forwarded command waits for its answer. Takes in what

@@ -119,6 +119,11 @@ impl Tracker {
         self.batch
     }
 
+    /// The oldest command still waiting for its answer, in any batch.
+    pub fn front_seq(&self) -> Option<u64> {
+        self.queue.front().map(|p| p.seq)
+    }
+
     pub fn len(&self) -> usize {
         self.queue.len()
     }
