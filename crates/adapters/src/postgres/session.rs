@@ -395,7 +395,7 @@ async fn startup(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server_fut).await;
             reason
         }
-        (reason, _) = &mut server_fut => reason,
+        reason = &mut server_fut => reason,
     };
     let from_client = from_client.load(Ordering::Relaxed);
     let to_client = to_client.load(Ordering::Relaxed);
@@ -940,7 +940,7 @@ impl ServerHalf {
         mut buf: BytesMut,
         shutdown: watch::Receiver<bool>,
         (pid, cancel_secret): (i32, i32),
-    ) -> (String, u64) {
+    ) -> String {
         let max = self.adapter.settings.max_message_bytes;
         let mut rx_open = true;
         let stop = stopping(shutdown);
@@ -955,7 +955,7 @@ impl ServerHalf {
             if !buf.is_empty() {
                 while let Ok(ctl) = rx.try_recv() {
                     if let Err(e) = self.control(ctl, &mut cw).await {
-                        return (format!("client write failed: {e}"), self.sent());
+                        return format!("client write failed: {e}");
                     }
                 }
                 if let Err(e) = self.resolve_tables(&buf, max).await {
@@ -1048,11 +1048,7 @@ impl ServerHalf {
         };
         let _ = cw.flush().await;
         let _ = cw.shutdown().await;
-        (reason, self.sent())
-    }
-
-    fn sent(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        reason
     }
 
     /// True when no forwarded command waits for its answer. Takes in what
