@@ -631,6 +631,52 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
     );
 }
 
+/// A session still connecting upstream when the gateway stops (its
+/// upstream accepted TCP and never answered) does not drain; when its
+/// thread stops, its end is still recorded, so it does not read as active.
+#[test]
+fn a_session_stopped_while_connecting_upstream_still_gets_an_end() {
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    // Accepts and then says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let mut gw = Gateway::start(
+        GatewayConfig::new(&pg).connection(
+            ConnectionSpec::postgres("mute", &pg, "lab", SCRAM_USER)
+                .port(silent_port)
+                .tls("disable")
+                .tags(&["dev"]),
+        ),
+    );
+    let conninfo = format!("{} connect_timeout=60", gw.conninfo("alice", "mute"));
+    let client = std::thread::spawn(move || psql(&conninfo, "SELECT 1", &[]));
+    let (_upstream, _) = silent.accept().expect("the gateway connects upstream");
+
+    let status = gw.terminate();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let out = client.join().unwrap();
+    assert!(!out.status.success(), "the client did not get through");
+
+    gw.restart();
+    let list = cli_json(&gw, &["sessions", "list", "--json"]);
+    let sessions = list
+        .as_array()
+        .or_else(|| list["sessions"].as_array())
+        .expect("a list of sessions");
+    let mute = sessions
+        .iter()
+        .find(|s| s["connection"] == "mute")
+        .unwrap_or_else(|| panic!("the session: {list}"));
+    assert_eq!(mute["status"], "ended", "{mute}");
+    assert!(
+        mute["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("gateway shut down")),
+        "{mute}"
+    );
+}
+
 #[test]
 fn every_statement_is_recorded_and_the_chain_detects_tampering() {
     let (pg, gw) = lab();

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -251,6 +251,7 @@ impl Pipeline {
             next_seq: AtomicU64::new(0),
             masker,
             unmask,
+            ended: AtomicBool::new(false),
         })
     }
 
@@ -280,6 +281,8 @@ pub struct Session {
     next_seq: AtomicU64,
     masker: Option<Arc<ConnectionMasker>>,
     unmask: bool,
+    /// `end` was called; otherwise dropping the session records its end.
+    ended: AtomicBool,
 }
 
 impl Session {
@@ -572,6 +575,7 @@ impl Session {
 
     /// Records the end of the session and waits until it is stored.
     pub async fn end(&self, totals: SessionTotals, reason: &str) {
+        self.ended.store(true, Ordering::Relaxed);
         let ev = AuditEvent::now(
             self.info.id,
             EventBody::SessionEnd {
@@ -583,6 +587,29 @@ impl Session {
         );
         if self.pipeline.audit.append(ev).await.is_err() {
             tracing::error!(session = %self.info.id, "could not record the end of a session");
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped before it called `end` (its thread stopped at
+    /// shutdown while it still connected upstream or did not drain in time,
+    /// or its client left before the session was ready) still gets an end
+    /// in its chain, so it does not read as active forever. Byte counts are
+    /// not known here.
+    fn drop(&mut self) {
+        if !*self.ended.get_mut() {
+            self.pipeline.audit.append_detached(AuditEvent::now(
+                self.info.id,
+                EventBody::SessionEnd {
+                    bytes_from_client: 0,
+                    bytes_to_client: 0,
+                    commands: *self.next_seq.get_mut(),
+                    reason: "stopped before it could record its end (the client left during \
+                             start-up, or the gateway shut down)"
+                        .into(),
+                },
+            ));
         }
     }
 }
