@@ -631,6 +631,74 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
     );
 }
 
+/// A COPY FROM STDIN cut off by the gateway's shutdown fails as cancelled
+/// (57014, "COPY from stdin failed", nothing loaded) rather than with a
+/// protocol error; the session then gets 57P01, and the COPY's outcome is
+/// recorded.
+#[test]
+fn stopping_the_gateway_during_copy_in_fails_the_copy_cleanly() {
+    use futures::SinkExt;
+    let (pg, mut gw) = lab();
+    let rt = rt();
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&gw.conninfo("alice", "lab"), NoTls))
+        .unwrap();
+    let conn = rt.spawn(conn);
+    rt.block_on(client.batch_execute("CREATE TABLE loaded (id int)"))
+        .unwrap();
+    let sink = rt
+        .block_on(client.copy_in("COPY loaded FROM STDIN"))
+        .unwrap();
+    let mut sink = Box::pin(sink);
+    rt.block_on(sink.send(bytes::Bytes::from_static(b"1\n2\n")))
+        .unwrap();
+    rt.block_on(sink.flush()).unwrap();
+    wait_until("the COPY runs upstream", || {
+        pg.psql_admin_db(
+            "lab",
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'COPY loaded FROM STDIN'",
+        )
+        .trim()
+            == "1"
+    });
+
+    let status = gw.terminate();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    // tokio-postgres runs COPY through the extended protocol without a
+    // Sync, so after the COPY's error PostgreSQL sends no ReadyForQuery and
+    // the gateway's 57P01 arrives inside the COPY's unfinished response:
+    // the connection ends as closed, and the sink could only report the
+    // error on `finish`, which can no longer send. The record below is
+    // what is checked.
+    let end = rt.block_on(conn).unwrap();
+    assert!(end.is_err(), "the connection was ended by the gateway");
+    drop(sink);
+    assert_eq!(
+        pg.psql_admin_db("lab", "SELECT count(*) FROM loaded")
+            .trim(),
+        "0"
+    );
+
+    gw.restart();
+    let list = cli_json(&gw, &["sessions", "list", "--json"]);
+    let id = list
+        .as_array()
+        .or_else(|| list["sessions"].as_array())
+        .and_then(|s| s.iter().find(|s| s["connection"] == "lab"))
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_else(|| panic!("the session: {list}"))
+        .to_owned();
+    let timeline = cli_json(&gw, &["sessions", "show", &id, "--json"]).to_string();
+    assert!(timeline.contains("COPY loaded FROM STDIN"), "{timeline}");
+    assert!(timeline.contains("57014"), "{timeline}");
+    assert!(
+        timeline.contains("COPY from stdin failed: airlock: the gateway is shutting down"),
+        "{timeline}"
+    );
+    assert!(!timeline.contains("08P01"), "no protocol error: {timeline}");
+    drop(client);
+}
+
 /// A session still connecting upstream when the gateway stops (its
 /// upstream accepted TCP and never answered) does not drain; when its
 /// thread stops, its end is still recorded, so it does not read as active.

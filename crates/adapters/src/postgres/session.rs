@@ -531,7 +531,14 @@ impl ClientHalf {
             }
         };
         // Make sure the upstream session ends too.
-        let mut term = BytesMut::with_capacity(5);
+        let mut term = BytesMut::with_capacity(64);
+        if reason == STOPPED {
+            // A COPY FROM STDIN in progress ends as failed (57014, with
+            // this text) rather than with PostgreSQL's protocol error for a
+            // Terminate in the middle of it; outside COPY, PostgreSQL
+            // ignores a CopyFail.
+            build::copy_fail(&mut term, "airlock: the gateway is shutting down");
+        }
         build::terminate(&mut term);
         let _ = uw.write_all(&term).await;
         let _ = uw.shutdown().await;
