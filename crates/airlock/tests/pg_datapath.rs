@@ -743,6 +743,12 @@ fn a_session_stopped_while_connecting_upstream_still_gets_an_end() {
             .is_some_and(|r| r.contains("gateway shut down")),
         "{mute}"
     );
+    let verify = cli(&gw, gw.token("alice"), &["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "the end written on drop extends the chain: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[test]
