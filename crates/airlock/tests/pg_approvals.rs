@@ -597,6 +597,29 @@ async fn connect_with_notices(
     (client, rx)
 }
 
+/// Sends an agent's simple-protocol DELETE on production in the background;
+/// returns the pending query and the id of the approval request it waits
+/// on, read from the hold notice.
+fn send_held_delete(
+    rt: &tokio::runtime::Runtime,
+    client: &Arc<tokio_postgres::Client>,
+    notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> (
+    tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>,
+    String,
+) {
+    let delete = rt.spawn({
+        let client = client.clone();
+        async move {
+            client
+                .simple_query("DELETE FROM payments WHERE id = 1")
+                .await
+        }
+    });
+    let id = held_id_in(&rt.block_on(notices.recv()).expect("the hold notice"));
+    (delete, id)
+}
+
 /// Asserts that `err` is the gateway's answer to a cancelled held statement.
 fn assert_withdrawn_by_cancel(err: &tokio_postgres::Error, id: &str) {
     let db = err
@@ -617,15 +640,7 @@ fn a_cancel_request_withdraws_the_held_statement_and_the_session_goes_on() {
     let client = Arc::new(client);
 
     // Simple protocol: an agent's DELETE on production is held for a DBA.
-    let delete = rt.spawn({
-        let client = client.clone();
-        async move {
-            client
-                .simple_query("DELETE FROM payments WHERE id = 1")
-                .await
-        }
-    });
-    let id = held_id_in(&rt.block_on(notices.recv()).expect("the hold notice"));
+    let (delete, id) = send_held_delete(&rt, &client, &mut notices);
     assert_eq!(status_of(&gw, &id), "pending");
 
     // The client cancels, as psql does on Ctrl-C.
@@ -708,22 +723,9 @@ fn stopping_the_gateway_withdraws_a_held_statement() {
     let rt = rt();
     let (client, mut notices) = rt.block_on(connect_with_notices(&gw.conninfo("agent", "shop")));
     let client = Arc::new(client);
-    let delete = rt.spawn({
-        let client = client.clone();
-        async move {
-            client
-                .simple_query("DELETE FROM payments WHERE id = 1")
-                .await
-        }
-    });
-    let id = held_id_in(&rt.block_on(notices.recv()).expect("the hold notice"));
+    let (delete, id) = send_held_delete(&rt, &client, &mut notices);
 
-    let status = gw.terminate();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "SIGTERM stops the gateway cleanly: {status:?}\n{}",
-        gw.stderr_contents()
-    );
+    gw.terminate_cleanly();
     let err = rt
         .block_on(delete)
         .unwrap()

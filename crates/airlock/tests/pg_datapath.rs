@@ -55,6 +55,25 @@ fn cli_json(gw: &Gateway, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
 }
 
+/// The recorded sessions on `connection`, as the CLI's `sessions list
+/// --json` gives them.
+fn sessions_on(gw: &Gateway, connection: &str) -> Vec<serde_json::Value> {
+    let list = cli_json(gw, &["sessions", "list", "--json"]);
+    list.as_array()
+        .or_else(|| list["sessions"].as_array())
+        .unwrap_or_else(|| panic!("a list of sessions: {list}"))
+        .iter()
+        .filter(|s| s["connection"] == connection)
+        .cloned()
+        .collect()
+}
+
+/// The timeline of one recorded session, as JSON text.
+fn timeline_of(gw: &Gateway, session: &serde_json::Value) -> String {
+    let id = session["id"].as_str().expect("a session id");
+    cli_json(gw, &["sessions", "show", id, "--json"]).to_string()
+}
+
 #[test]
 fn simple_queries_including_multi_statement_strings() {
     let (_pg, gw) = lab();
@@ -557,31 +576,27 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
             == "1"
     });
 
-    let status = gw.terminate();
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "SIGTERM stops the gateway cleanly: {status:?}\n{}",
-        gw.stderr_contents()
-    );
-    let shut_down = |conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>| {
-        let err = rt
-            .block_on(conn)
-            .unwrap()
-            .expect_err("the connection ends with the gateway's error");
-        assert_eq!(
-            err.code(),
-            Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
-            "{err:?}"
-        );
-        let message = err.as_db_error().map(|e| e.message().to_owned());
-        assert!(
-            message
-                .as_deref()
-                .is_some_and(|m| m.contains("shutting down")),
-            "{message:?}"
-        );
-    };
-    shut_down(idle_conn);
+    gw.terminate_cleanly();
+    let shut_down =
+        |which: &str, conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>| {
+            let err = rt
+                .block_on(conn)
+                .unwrap()
+                .expect_err("the connection ends with the gateway's error");
+            assert_eq!(
+                err.code(),
+                Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+                "{which}: {err:?}"
+            );
+            let message = err.as_db_error().map(|e| e.message().to_owned());
+            assert!(
+                message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("shutting down")),
+                "{message:?}"
+            );
+        };
+    shut_down("idle", idle_conn);
     let slept = rt.block_on(sleeper).unwrap();
     for err in &slept {
         assert_eq!(
@@ -590,19 +605,11 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
             "{slept:?}"
         );
     }
-    shut_down(busy_conn);
+    shut_down("busy", busy_conn);
 
     gw.restart();
-    let list = cli_json(&gw, &["sessions", "list", "--json"]);
-    let sessions = list
-        .as_array()
-        .or_else(|| list["sessions"].as_array())
-        .expect("a list of sessions");
-    let lab: Vec<_> = sessions
-        .iter()
-        .filter(|s| s["connection"] == "lab")
-        .collect();
-    assert_eq!(lab.len(), 2, "{list}");
+    let lab = sessions_on(&gw, "lab");
+    assert_eq!(lab.len(), 2, "{lab:?}");
     for session in &lab {
         assert_eq!(session["status"], "ended", "{session}");
         assert_eq!(
@@ -614,16 +621,7 @@ fn stopping_the_gateway_ends_open_sessions_with_57p01_and_records_the_end() {
             "client bytes are counted whichever half ended first: {session}"
         );
     }
-    let timelines: String = lab
-        .iter()
-        .map(|s| {
-            cli_json(
-                &gw,
-                &["sessions", "show", s["id"].as_str().unwrap(), "--json"],
-            )
-            .to_string()
-        })
-        .collect();
+    let timelines: String = lab.iter().map(|s| timeline_of(&gw, s)).collect();
     assert!(timelines.contains("pg_sleep(30)"), "{timelines}");
     assert!(
         timelines.contains("57014"),
@@ -662,8 +660,7 @@ fn stopping_the_gateway_during_copy_in_fails_the_copy_cleanly() {
             == "1"
     });
 
-    let status = gw.terminate();
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    gw.terminate_cleanly();
     // tokio-postgres runs COPY through the extended protocol without a
     // Sync, so after the COPY's error PostgreSQL sends no ReadyForQuery and
     // the gateway's 57P01 arrives inside the COPY's unfinished response:
@@ -680,15 +677,8 @@ fn stopping_the_gateway_during_copy_in_fails_the_copy_cleanly() {
     );
 
     gw.restart();
-    let list = cli_json(&gw, &["sessions", "list", "--json"]);
-    let id = list
-        .as_array()
-        .or_else(|| list["sessions"].as_array())
-        .and_then(|s| s.iter().find(|s| s["connection"] == "lab"))
-        .and_then(|s| s["id"].as_str())
-        .unwrap_or_else(|| panic!("the session: {list}"))
-        .to_owned();
-    let timeline = cli_json(&gw, &["sessions", "show", &id, "--json"]).to_string();
+    let lab = sessions_on(&gw, "lab");
+    let timeline = timeline_of(&gw, lab.first().expect("the lab session"));
     assert!(timeline.contains("COPY loaded FROM STDIN"), "{timeline}");
     assert!(timeline.contains("57014"), "{timeline}");
     assert!(
@@ -721,21 +711,13 @@ fn a_session_stopped_while_connecting_upstream_still_gets_an_end() {
     let client = std::thread::spawn(move || psql(&conninfo, "SELECT 1", &[]));
     let (_upstream, _) = silent.accept().expect("the gateway connects upstream");
 
-    let status = gw.terminate();
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    gw.terminate_cleanly();
     let out = client.join().unwrap();
     assert!(!out.status.success(), "the client did not get through");
 
     gw.restart();
-    let list = cli_json(&gw, &["sessions", "list", "--json"]);
-    let sessions = list
-        .as_array()
-        .or_else(|| list["sessions"].as_array())
-        .expect("a list of sessions");
-    let mute = sessions
-        .iter()
-        .find(|s| s["connection"] == "mute")
-        .unwrap_or_else(|| panic!("the session: {list}"));
+    let sessions = sessions_on(&gw, "mute");
+    let mute = sessions.first().expect("the mute session");
     assert_eq!(mute["status"], "ended", "{mute}");
     assert!(
         mute["end_reason"]
@@ -769,20 +751,10 @@ fn every_statement_is_recorded_and_the_chain_detects_tampering() {
         assert_eq!(rows.len(), 1);
         let _ = c.query("SELECT 1/0", &[]).await.unwrap_err();
     });
-    let list = cli_json(&gw, &["sessions", "list", "--json"]);
-    let sessions = list
-        .as_array()
-        .or_else(|| list["sessions"].as_array())
-        .expect("a list of sessions")
-        .clone();
-    let id = sessions
-        .iter()
-        .find(|s| s.to_string().contains("\"lab\""))
-        .and_then(|s| s["id"].as_str())
-        .expect("the lab session")
-        .to_string();
-    let detail = cli_json(&gw, &["sessions", "show", &id, "--json"]);
-    let text = detail.to_string();
+    let lab = sessions_on(&gw, "lab");
+    let session = lab.first().expect("the lab session");
+    let id = session["id"].as_str().expect("a session id").to_owned();
+    let text = timeline_of(&gw, session);
     assert!(text.contains("CREATE TABLE r"), "{text}");
     assert!(text.contains("INSERT INTO r VALUES ($1, $2)"), "{text}");
     assert!(

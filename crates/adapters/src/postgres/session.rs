@@ -441,12 +441,15 @@ struct ClientHalf {
     shutdown: watch::Receiver<bool>,
 }
 
-/// A client protocol violation (or disappearance) that ends the session.
-struct ClientFault(&'static str, String);
-
-/// The fault code of a client half stopped by the gateway's shutdown: the
-/// session ends without a FATAL of the client half's own.
-const STOPPING_FAULT: &str = "57P01";
+/// Why the client half ends the session early.
+enum ClientFault {
+    /// A protocol violation (or disappearance): the client is sent a FATAL
+    /// with this SQLSTATE and message.
+    Fatal(&'static str, String),
+    /// The gateway is stopping; the server half tells the client once
+    /// nothing runs upstream.
+    Stopping,
+}
 
 /// The client half's sockets and read buffer, lent to a command that must
 /// wait for approval.
@@ -491,9 +494,8 @@ impl ClientHalf {
                         let _ = uw.flush().await;
                         break 'outer "client terminated".to_string();
                     }
-                    // The server half tells the client, once nothing runs.
-                    Err(ClientFault(STOPPING_FAULT, _)) => break 'outer STOPPED.to_string(),
-                    Err(ClientFault(code, msg)) => {
+                    Err(ClientFault::Stopping) => break 'outer STOPPED.to_string(),
+                    Err(ClientFault::Fatal(code, msg)) => {
                         let _ = self.tx.send(Ctl::Inject(fatal(code, &msg).freeze()));
                         break 'outer format!("client protocol error: {msg}");
                     }
@@ -558,7 +560,7 @@ impl ClientHalf {
     ) -> Result<bool, ClientFault> {
         use frontend::tag;
         let bad = |e: airlock_wire::WireError| {
-            ClientFault("08P01", format!("airlock: invalid message: {e}"))
+            ClientFault::Fatal("08P01", format!("airlock: invalid message: {e}"))
         };
         match frame.tag {
             tag::QUERY => {
@@ -582,7 +584,7 @@ impl ClientHalf {
             tag::PARSE => {
                 let p = frontend::Parse::decode(frame.body()).map_err(bad)?;
                 if !p.name.is_empty() && self.statements.len() >= MAX_NAMED {
-                    return Err(ClientFault(
+                    return Err(ClientFault::Fatal(
                         "53200",
                         "airlock: too many prepared statements".into(),
                     ));
@@ -603,7 +605,10 @@ impl ClientHalf {
             tag::BIND => {
                 let b = frontend::Bind::decode(frame.body()).map_err(bad)?;
                 if !b.portal.is_empty() && self.portals.len() >= MAX_NAMED {
-                    return Err(ClientFault("53200", "airlock: too many portals".into()));
+                    return Err(ClientFault::Fatal(
+                        "53200",
+                        "airlock: too many portals".into(),
+                    ));
                 }
                 let text = self
                     .statements
@@ -735,7 +740,7 @@ impl ClientHalf {
                 out.extend_from_slice(&frame.bytes);
             }
             other => {
-                return Err(ClientFault(
+                return Err(ClientFault::Fatal(
                     "08P01",
                     format!("airlock: invalid frontend message type {}", other as char),
                 ));
@@ -758,7 +763,7 @@ impl ClientHalf {
         let Admission::Hold(hold) = admission else {
             return Ok(admission);
         };
-        let gone = |e: String| ClientFault("08006", e);
+        let gone = |e: String| ClientFault::Fatal("08006", e);
         // Register for a CancelRequest before the client can know the
         // command is held, so a cancel sent right after the notice counts.
         let cancel = self.on_cancel.notified();
@@ -794,7 +799,7 @@ impl ClientHalf {
                 // rather than left pending for the next start.
                 () = &mut stop => {
                     self.session.withdraw(&hold).await;
-                    return Err(ClientFault(STOPPING_FAULT, STOPPED.into()));
+                    return Err(ClientFault::Stopping);
                 }
                 decided = &mut wait => {
                     return Ok(match decided {

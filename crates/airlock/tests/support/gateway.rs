@@ -882,6 +882,17 @@ impl Gateway {
         if graceful { status } else { None }
     }
 
+    /// [`terminate`](Self::terminate), asserting a clean exit (status 0
+    /// within the timeout), with the gateway's stderr if not.
+    pub fn terminate_cleanly(&mut self) {
+        let status = self.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "SIGTERM stops the gateway cleanly: {status:?}\n{}",
+            self.stderr_contents()
+        );
+    }
+
     /// Stop (SIGTERM, see [`terminate`](Self::terminate)) and start again
     /// with the same config, data dir and logs; waits for the new ready line
     /// (listener ports change).

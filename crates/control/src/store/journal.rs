@@ -968,13 +968,30 @@ mod tests {
         max_segment_bytes: u64,
         max_unindexed_bytes: u64,
     ) -> (Arc<Journal>, mpsc::UnboundedReceiver<SlowEvent>) {
+        open_at(
+            dir,
+            1,
+            SyncMode::Normal,
+            max_segment_bytes,
+            max_unindexed_bytes,
+        )
+    }
+
+    /// A journal starting at `segment`, and its slow lane.
+    fn open_at(
+        dir: &Path,
+        segment: u64,
+        sync: SyncMode,
+        max_segment_bytes: u64,
+        max_unindexed_bytes: u64,
+    ) -> (Arc<Journal>, mpsc::UnboundedReceiver<SlowEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let opts = JournalOptions {
-            sync: SyncMode::Normal,
+            sync,
             max_segment_bytes,
             max_unindexed_bytes,
         };
-        (Journal::open(dir, 1, opts, tx).unwrap(), rx)
+        (Journal::open(dir, segment, opts, tx).unwrap(), rx)
     }
 
     fn start() -> EventBody {
@@ -1112,13 +1129,7 @@ mod tests {
     #[test]
     fn full_sync_writes_over_preallocated_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _lane) = mpsc::unbounded_channel();
-        let opts = JournalOptions {
-            sync: SyncMode::Full,
-            max_segment_bytes: 4096,
-            max_unindexed_bytes: u64::MAX,
-        };
-        let j = Journal::open(dir.path(), 1, opts, tx).unwrap();
+        let (j, _lane) = open_at(dir.path(), 1, SyncMode::Full, 4096, u64::MAX);
         assert!(j.spare_settled(), "a spare is prepared at open");
         let spare = j.lock().spare.as_ref().map(|s| s.2.clone()).unwrap();
         assert_eq!(std::fs::metadata(&spare).unwrap().len(), 4096);
@@ -1172,26 +1183,12 @@ mod tests {
     fn a_spare_never_replaces_an_existing_segment() {
         let dir = tempfile::tempdir().unwrap();
         // The other journal writes segment 2 (`normal`: no spare of its own).
-        let (j2, _lane2) = {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let opts = JournalOptions {
-                sync: SyncMode::Normal,
-                max_segment_bytes: 1 << 20,
-                max_unindexed_bytes: u64::MAX,
-            };
-            (Journal::open(dir.path(), 2, opts, tx).unwrap(), rx)
-        };
+        let (j2, _lane2) = open_at(dir.path(), 2, SyncMode::Normal, 1 << 20, u64::MAX);
         assert_eq!(written(j2.append(pending("b", start()), false)).segment, 2);
         let before = std::fs::read(segment_path(dir.path(), 2)).unwrap();
         // This one has a spare ready and moves on to segment 2 at its first
         // write: the name is taken, so it refuses rather than replace it.
-        let (tx, _lane1) = mpsc::unbounded_channel();
-        let opts = JournalOptions {
-            sync: SyncMode::Full,
-            max_segment_bytes: 4096,
-            max_unindexed_bytes: u64::MAX,
-        };
-        let j1 = Journal::open(dir.path(), 1, opts, tx).unwrap();
+        let (j1, _lane1) = open_at(dir.path(), 1, SyncMode::Full, 4096, u64::MAX);
         assert!(j1.spare_settled());
         assert!(matches!(
             j1.append(pending("a", start()), false),
