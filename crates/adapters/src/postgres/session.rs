@@ -955,6 +955,10 @@ impl ServerHalf {
     ) -> String {
         let max = self.adapter.settings.max_message_bytes;
         let mut rx_open = true;
+        // The flag itself too: the upstream's EOF (after the client half's
+        // Terminate) can be read in the same turn the stop is, before the
+        // `stop` branch has run.
+        let stopped = shutdown.clone();
         let stop = stopping(shutdown);
         tokio::pin!(stop);
         // The gateway is stopping: once the client half has stopped and no
@@ -1047,7 +1051,7 @@ impl ServerHalf {
                                 break;
                             }
                         }
-                        if draining {
+                        if draining || *stopped.borrow() {
                             let _ = cw.write_all(&fatal("57P01", SHUTTING_DOWN)).await;
                             break STOPPED.to_string();
                         }
