@@ -250,6 +250,59 @@ async fn full_sync_rotates_through_preallocated_segments_without_skipping() {
     store.close().await;
 }
 
+/// One large batch (many statements of several sizes, several sessions):
+/// every event, every session's counters and every chain head arrive.
+#[tokio::test]
+async fn a_large_batch_of_several_sessions_is_indexed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), 2048).await;
+    let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    let mut futures = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        futures.push(store.append(ev(id, i as i64, start("alice", "prod-pg"))));
+    }
+    let mut seqs = [0u64; 3];
+    for n in 0..700u64 {
+        let i = (n % 3) as usize;
+        seqs[i] += 1;
+        // Every seventh command of a session is denied.
+        let verdict = if seqs[i] % 7 == 0 {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        };
+        futures.push(store.append(ev(
+            ids[i],
+            10 + n as i64,
+            command(seqs[i], "SELECT 1", verdict),
+        )));
+    }
+    // Nothing is indexed before this task yields (current-thread runtime).
+    for r in join_all(futures).await {
+        r.unwrap();
+    }
+    store.flush().await.unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.indexed_events, stats.batches), (703, 1), "{stats:?}");
+
+    let all = store
+        .list_sessions(&SessionFilter::default())
+        .await
+        .unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let s = all.iter().find(|s| s.id == id.to_string()).unwrap();
+        assert_eq!(
+            (s.commands, s.denied),
+            (seqs[i], seqs[i] / 7),
+            "session {i}"
+        );
+    }
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.sessions, report.events), (3, 703));
+    store.close().await;
+}
+
 #[tokio::test]
 async fn derived_sessions_track_their_events() {
     let dir = tempfile::tempdir().unwrap();

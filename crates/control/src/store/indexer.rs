@@ -37,8 +37,9 @@ const LINGER: Duration = Duration::from_millis(20);
 const LINGER_BELOW: u64 = 1 << 20;
 /// Most bytes read from a segment per batch.
 const READ_CHUNK: usize = 4 << 20;
-/// Rows per multi-row INSERT (7 parameters each, far below SQLite's limit).
-const INSERT_ROWS: usize = 64;
+/// Most rows per multi-row statement (at 7 parameters a row, far below
+/// SQLite's limit of 32,766).
+const MAX_STATEMENT_ROWS: usize = 256;
 /// How long a reader waits for the index to catch up before giving up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -570,11 +571,32 @@ const DENIED_NEEDLE: &[u8] = br#""decision":{"verdict":"deny""#;
 
 /// Per-session counters of one batch, applied with one upsert each.
 #[derive(Default)]
-struct SessionDelta {
+struct SessionDelta<'a> {
     first_at_us: i64,
     commands: i64,
     denied: i64,
-    head: Option<(i64, String)>,
+    head: Option<(i64, &'a str)>,
+}
+
+/// Splits `rows` into chunks of [`MAX_STATEMENT_ROWS`], then halves for
+/// the rest (256, 256, 128, 32, 4, 1 …), so a batch takes few statements
+/// and their texts come from a small set that stays in sqlx's statement
+/// cache instead of being prepared anew each time.
+fn row_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= MAX_STATEMENT_ROWS {
+            MAX_STATEMENT_ROWS
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// Writes one batch in one transaction, checkpoint included.
@@ -584,7 +606,9 @@ async fn write_batch(
     next: Pos,
 ) -> Result<(), StoreError> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for chunk in lines.chunks(INSERT_ROWS) {
+    // Each statement is a round trip to sqlx's SQLite thread, so rows go
+    // in as few multi-row statements as possible.
+    for chunk in row_chunks(lines) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT OR IGNORE INTO events (session_id, seq, at_us, kind, body, prev_hash, hash) ",
         );
@@ -605,7 +629,7 @@ async fn write_batch(
             first_at_us: l.at,
             ..SessionDelta::default()
         });
-        d.head = Some((l.seq, l.hash.to_owned()));
+        d.head = Some((l.seq, l.hash));
         match l.kind {
             "command" => {
                 d.commands += 1;
@@ -619,32 +643,39 @@ async fn write_batch(
             _ => {}
         }
     }
-    for (sid, d) in &deltas {
+    let deltas: Vec<(&str, SessionDelta)> = deltas.into_iter().collect();
+    for chunk in row_chunks(&deltas) {
         // Also makes a row for a session whose start was never recorded.
-        sqlx::query(
-            "INSERT INTO sessions (session_id, started_us, commands, denied) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (session_id) DO UPDATE SET commands = commands + excluded.commands, \
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO sessions (session_id, started_us, commands, denied) ");
+        qb.push_values(chunk, |mut row, (sid, d)| {
+            row.push_bind(*sid)
+                .push_bind(d.first_at_us)
+                .push_bind(d.commands)
+                .push_bind(d.denied);
+        });
+        qb.push(
+            " ON CONFLICT (session_id) DO UPDATE SET commands = commands + excluded.commands, \
              denied = denied + excluded.denied",
-        )
-        .bind(sid)
-        .bind(d.first_at_us)
-        .bind(d.commands)
-        .bind(d.denied)
-        .execute(&mut *tx)
-        .await?;
-        if let Some((seq, hash)) = &d.head {
-            sqlx::query(
-                "INSERT INTO session_heads (session_id, last_seq, last_hash) VALUES (?, ?, ?) \
-                 ON CONFLICT (session_id) DO UPDATE SET \
-                 last_seq = excluded.last_seq, last_hash = excluded.last_hash \
-                 WHERE excluded.last_seq > session_heads.last_seq",
-            )
-            .bind(sid)
-            .bind(seq)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await?;
-        }
+        );
+        qb.build().execute(&mut *tx).await?;
+    }
+    let heads: Vec<(&str, i64, &str)> = deltas
+        .iter()
+        .filter_map(|(sid, d)| d.head.map(|(seq, hash)| (*sid, seq, hash)))
+        .collect();
+    for chunk in row_chunks(&heads) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO session_heads (session_id, last_seq, last_hash) ");
+        qb.push_values(chunk, |mut row, (sid, seq, hash)| {
+            row.push_bind(*sid).push_bind(*seq).push_bind(*hash);
+        });
+        qb.push(
+            " ON CONFLICT (session_id) DO UPDATE SET \
+             last_seq = excluded.last_seq, last_hash = excluded.last_hash \
+             WHERE excluded.last_seq > session_heads.last_seq",
+        );
+        qb.build().execute(&mut *tx).await?;
     }
     set_checkpoint(&mut tx, next).await?;
     tx.commit().await?;
@@ -777,6 +808,20 @@ mod tests {
             },
         })
         .unwrap()
+    }
+
+    #[test]
+    fn rows_go_in_few_statements_of_few_sizes() {
+        let sizes = |n: usize| -> Vec<usize> {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = row_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "every row once, in order");
+            chunks.iter().map(|c| c.len()).collect()
+        };
+        assert!(sizes(0).is_empty());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(7), [4, 2, 1]);
+        assert_eq!(sizes(700), [256, 256, 128, 32, 16, 8, 4]);
     }
 
     #[test]
