@@ -250,6 +250,56 @@ async fn full_sync_rotates_through_preallocated_segments_without_skipping() {
     store.close().await;
 }
 
+/// Sessions on one thread whose appends come in the same turn of its
+/// runtime share a journal write (the first to resume writes them all),
+/// and each append still returns only once its own line is written.
+#[tokio::test]
+async fn appends_in_the_same_turn_share_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    for &id in &ids {
+        store
+            .append(ev(id, 1, start("alice", "prod-pg")))
+            .await
+            .unwrap();
+    }
+    let before = store.stats();
+    let journal_dir = dir.path().join("audit.db.journal.d");
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let store = store.clone();
+            let journal_dir = journal_dir.clone();
+            tokio::spawn(async move {
+                store
+                    .append(ev(id, 2, command(1, "SELECT 1", Verdict::Allow)))
+                    .await
+                    .unwrap();
+                // Returned: the line is in the file already.
+                let seg = std::fs::read_dir(&journal_dir).unwrap();
+                let text: String = seg
+                    .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+                    .collect();
+                assert!(text.contains(&id.to_string()) && text.contains("SELECT 1"));
+            })
+        })
+        .collect();
+    for t in join_all(tasks).await {
+        t.unwrap();
+    }
+    let after = store.stats();
+    assert_eq!(after.events - before.events, 3);
+    // Three appends, one write (two at most, should the journal's own
+    // 50 ms flush land between them): never one each.
+    let writes = after.journal_writes - before.journal_writes;
+    assert!((1..3).contains(&writes), "{writes} writes for 3 appends");
+    store.flush().await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    store.close().await;
+}
+
 /// One large batch (many statements of several sizes, several sessions):
 /// every event, every session's counters and every chain head arrive.
 #[tokio::test]

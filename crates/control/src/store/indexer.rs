@@ -130,6 +130,7 @@ impl Stats {
             max_batch: self.max_batch.load(Ordering::Relaxed),
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
             skipped_bytes: self.skipped_bytes.load(Ordering::Relaxed),
+            journal_writes: 0,
         }
     }
 }

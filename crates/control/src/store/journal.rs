@@ -7,15 +7,21 @@
 //! SQLite in large batches shortly after. An append:
 //!
 //! 1. takes the journal lock, extends the session's hash chain from the head
-//!    kept in memory, and `write`s the line (the lock fixes one order for
-//!    the file, the chains and the indexer);
-//! 2. with `sync = "normal"` is done: the line is in the OS and survives a
-//!    crash of Airlock;
-//! 3. with `sync = "full"` waits for the syncer thread's next `fdatasync`,
+//!    kept in memory, and encodes the line into the pending buffer (the lock
+//!    fixes one order for the file, the chains and the indexer);
+//! 2. writes it with [`Journal::write_through`], which writes every pending
+//!    line in one `write` unless an earlier call already wrote this one (the
+//!    store calls it after one turn of the session thread's run queue, so
+//!    sessions that append in the same turn share the write); with `sync =
+//!    "normal"` that is all: the line is in the OS and survives a crash of
+//!    Airlock;
+//! 3. with `sync = "full"` then waits for the syncer thread's next `fdatasync`,
 //!    which covers every line written before it started: group commit with
 //!    no timer, so one session waits one fsync and many share it.
 //!
-//! A failed write is undone by truncating the segment back; a failed fsync
+//! A failed write is undone by truncating the segment back (its lines stay
+//! pending, and each waiting caller refuses its command, a refusal that is
+//! recorded after them); a failed fsync
 //! poisons the journal (after one, the kernel no longer says which writes
 //! reached the disk), and every later append is refused: fail closed.
 //!
@@ -107,6 +113,9 @@ pub(crate) struct Durable {
 pub(crate) enum Appended {
     /// Written; ends at this place.
     Written(Pos),
+    /// Chained and encoded, and written with the next write (a detached
+    /// append); [`Journal::write_through`] with this mark writes it now.
+    Encoded(u64),
     /// The session's chain head is not in memory (its session ended, or the
     /// gateway restarted), so the event went to the slow lane, which reads
     /// the head from SQLite and writes it; the receiver gets the outcome.
@@ -160,6 +169,8 @@ pub(crate) struct Journal {
     pub written: Notify,
     /// Bytes ever written and bytes the indexer has committed, for back pressure.
     indexed_bytes: AtomicU64,
+    /// Successful writes to segment files.
+    writes: AtomicU64,
     syncer: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
 }
@@ -199,6 +210,7 @@ struct State {
 
 struct Metrics {
     append_seconds: metrics::Histogram,
+    write_seconds: metrics::Histogram,
     sync_seconds: metrics::Histogram,
     events: metrics::Counter,
     bytes: metrics::Counter,
@@ -215,7 +227,12 @@ impl Metrics {
         metrics::describe_histogram!(
             "airlock_journal_append_seconds",
             metrics::Unit::Seconds,
-            "Time to chain and write one audit event to the journal, lock wait included"
+            "Time to chain and encode one audit event for the journal, lock wait included (the write to the file is airlock_journal_write_seconds)"
+        );
+        metrics::describe_histogram!(
+            "airlock_journal_write_seconds",
+            metrics::Unit::Seconds,
+            "Time of one write to the journal file; appends that come together share one"
         );
         metrics::describe_counter!(
             "airlock_journal_events_total",
@@ -234,6 +251,7 @@ impl Metrics {
         );
         Metrics {
             append_seconds: metrics::histogram!("airlock_journal_append_seconds"),
+            write_seconds: metrics::histogram!("airlock_journal_write_seconds"),
             sync_seconds: metrics::histogram!("airlock_journal_sync_seconds"),
             events: metrics::counter!("airlock_journal_events_total"),
             bytes: metrics::counter!("airlock_journal_bytes_total"),
@@ -349,6 +367,7 @@ impl Journal {
             }),
             written: Notify::new(),
             indexed_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             syncer: Mutex::new(None),
             metrics: Metrics::register(),
             opts,
@@ -435,6 +454,11 @@ impl Journal {
         st.slow_lane.is_some() && st.poisoned.is_none()
     }
 
+    /// Successful writes to segment files so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     /// Called by the indexer after each commit.
     pub fn add_indexed_bytes(&self, n: u64) {
         self.indexed_bytes.fetch_add(n, Ordering::Relaxed);
@@ -474,11 +498,16 @@ impl Journal {
         };
         let before = st.pos;
         let result = self.write_event(&mut st, &ev, prev, detached);
+        let end = st.written_bytes + st.pending.len() as u64;
         drop(st);
         match result {
             Ok(pos) => {
                 self.wrote(started, pos != before);
-                Appended::Written(pos)
+                if detached {
+                    Appended::Encoded(end)
+                } else {
+                    Appended::Written(pos)
+                }
             }
             Err(e) => {
                 self.metrics.errors.increment(1);
@@ -613,6 +642,7 @@ impl Journal {
         if full || upgrade {
             self.rotate(st)?;
         }
+        let started = std::time::Instant::now();
         if let Err(e) = st.file.write_all_at(&st.pending, st.pos.offset) {
             // A partial line would corrupt the segment for the indexer and
             // for recovery: cut it off (zero it, in a preallocated segment),
@@ -631,7 +661,11 @@ impl Journal {
             }
             return Err(format!("cannot write the audit journal: {e}"));
         }
+        self.metrics
+            .write_seconds
+            .record(started.elapsed().as_secs_f64());
         st.pending.clear();
+        self.writes.fetch_add(1, Ordering::Relaxed);
         st.pos.offset += len;
         st.written_bytes += len;
         if st.preallocated && st.pos.offset >= st.capacity / 2 {
@@ -639,6 +673,34 @@ impl Journal {
         }
         self.metrics.bytes.increment(len);
         Ok(len)
+    }
+
+    /// Makes sure everything appended up to `mark` (from
+    /// [`Appended::Encoded`]) is written, writing every pending line in one
+    /// write if it is not yet, and returns where the written data ends. A
+    /// session thread's sessions that append in the same turn of its
+    /// runtime share that one write: the first to get here writes them all.
+    pub fn write_through(&self, mark: u64) -> Result<Pos, String> {
+        let mut st = self.lock();
+        if st.written_bytes >= mark {
+            return Ok(st.pos);
+        }
+        if let Some(err) = &st.poisoned {
+            return Err(format!(
+                "the audit journal failed and refuses writes until Airlock restarts: {err}"
+            ));
+        }
+        // A failed write leaves the lines pending (the chains count them):
+        // the caller refuses its command and records that, and the lines
+        // are written by a later write, with the refusal after them.
+        let result = self.flush_locked(&mut st).map(|_| st.pos);
+        drop(st);
+        if result.is_ok() {
+            self.written.notify_one();
+        } else {
+            self.metrics.errors.increment(1);
+        }
+        result
     }
 
     /// Writes pending lines now (readers call this before waiting for the
@@ -963,6 +1025,13 @@ mod tests {
         }
     }
 
+    fn encoded(a: Appended) -> u64 {
+        match a {
+            Appended::Encoded(mark) => mark,
+            other => panic!("expected an encoded event, got {other:?}"),
+        }
+    }
+
     fn open(
         dir: &Path,
         max_segment_bytes: u64,
@@ -1092,7 +1161,7 @@ mod tests {
         let first = written(j.append(pending("s", start()), false));
         let len = std::fs::metadata(&seg).unwrap().len();
         assert_eq!(first.offset, len);
-        written(j.append(result_of("s"), true));
+        encoded(j.append(result_of("s"), true));
         assert_eq!(
             std::fs::metadata(&seg).unwrap().len(),
             len,
@@ -1108,11 +1177,62 @@ mod tests {
             [("s", 1), ("s", 2), ("t", 1)],
             "in call order, chained"
         );
-        written(j.append(result_of("t"), true));
+        encoded(j.append(result_of("t"), true));
         j.flush_pending();
         let data = std::fs::read(&seg).unwrap();
         assert_eq!(parse_lines(&data, usize::MAX).unwrap().0.len(), 4);
         assert_eq!(j.written_pos().offset, data.len() as u64);
+    }
+
+    #[test]
+    fn one_write_through_writes_everything_encoded_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open(dir.path(), 1 << 20, u64::MAX);
+        let seg = segment_path(dir.path(), 1);
+        let marks: Vec<u64> = ["a", "b", "c"]
+            .iter()
+            .map(|sid| encoded(j.append(pending(sid, start()), true)))
+            .collect();
+        assert!(marks[0] < marks[1] && marks[1] < marks[2]);
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            0,
+            "nothing written yet"
+        );
+        // The first caller's write takes the later lines along.
+        let pos = j.write_through(marks[0]).unwrap();
+        let data = std::fs::read(&seg).unwrap();
+        assert_eq!(pos.offset, data.len() as u64);
+        assert_eq!(data.len() as u64, marks[2]);
+        let sids: Vec<&str> = parse_lines(&data, usize::MAX)
+            .unwrap()
+            .0
+            .iter()
+            .map(|l| l.sid)
+            .collect();
+        assert_eq!(sids, ["a", "b", "c"]);
+        // The others find theirs written: no second write.
+        let bytes_before = j.lock().written_bytes;
+        assert_eq!(j.write_through(marks[2]).unwrap(), pos);
+        assert_eq!(j.write_through(marks[1]).unwrap(), pos);
+        assert_eq!(j.lock().written_bytes, bytes_before);
+        assert_eq!(std::fs::read(&seg).unwrap(), data);
+    }
+
+    #[test]
+    fn a_poisoned_journal_refuses_to_write_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open(dir.path(), 1 << 20, u64::MAX);
+        let mark = encoded(j.append(pending("a", start()), true));
+        j.lock().poisoned = Some("disk on fire".into());
+        let err = j.write_through(mark).unwrap_err();
+        assert!(err.contains("disk on fire"), "{err}");
+        assert_eq!(
+            std::fs::metadata(segment_path(dir.path(), 1))
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     /// The data of a segment: up to the first NUL where a line would start.

@@ -273,7 +273,10 @@ impl Store {
 
     /// Counters since open.
     pub fn stats(&self) -> StoreStats {
-        self.inner.stats.snapshot()
+        StoreStats {
+            journal_writes: self.inner.journal.writes(),
+            ..self.inner.stats.snapshot()
+        }
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {
@@ -379,6 +382,30 @@ async fn slow_lane(
     }
 }
 
+/// Ready at its second poll: the first wakes its own task and returns
+/// `Pending`, which puts the task at the back of its runtime's run queue, so
+/// the tasks already woken there (on a session thread: the other sessions
+/// whose sockets were ready in the same turn) run first. Unlike
+/// `tokio::task::yield_now`, which defers the wake-up until the runtime has
+/// polled its I/O driver again (one more `epoll_wait`).
+struct RunQueueTurn(bool);
+
+impl std::future::Future for RunQueueTurn {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 /// The journal lives beside the database file.
 fn journal_dir(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
@@ -416,7 +443,7 @@ impl AuditSink for Store {
     fn append_detached(&self, event: AuditEvent) {
         let outcome = pending_event(&event).map(|p| self.inner.journal.append(p, true));
         match outcome {
-            Ok(Appended::Written(_) | Appended::Queued(_)) => {
+            Ok(Appended::Written(_) | Appended::Encoded(_) | Appended::Queued(_)) => {
                 self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Appended::Refused(msg)) => {
@@ -431,16 +458,35 @@ impl AuditSink for Store {
             Ok(p) => p,
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
-        // Written here, not inside the future, which fixes the order of a
-        // session's events at the call: a caller that drops the future still
-        // gets its event written, after the ones it appended earlier.
-        match self.inner.journal.append(pending, false) {
+        // Chained and encoded here, not inside the future, which fixes the
+        // order of a session's events at the call: a caller that drops the
+        // future still gets its event written (with the next write, or by
+        // the journal's thread within 50 ms), after the ones it appended
+        // earlier. The write happens in the future, after one turn of the
+        // run queue, so the sessions of a session thread that append in
+        // the same turn share one write.
+        match self.inner.journal.append(pending, true) {
+            Appended::Encoded(mark) => {
+                self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
+                let journal = self.inner.journal.clone();
+                let full = self.inner.sync == SyncMode::Full;
+                Box::pin(async move {
+                    RunQueueTurn(false).await;
+                    let pos = journal
+                        .write_through(mark)
+                        .map_err(RecordError::Unavailable)?;
+                    // `normal` waits for nothing more: the line is in the OS.
+                    if full {
+                        journal
+                            .wait_durable(pos)
+                            .await
+                            .map_err(RecordError::Unavailable)?;
+                    }
+                    Ok(())
+                })
+            }
             Appended::Written(pos) => {
                 self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
-                if self.inner.sync == SyncMode::Normal {
-                    // Written to the OS already: that is all `normal` waits for.
-                    return Box::pin(std::future::ready(Ok(())));
-                }
                 let journal = self.inner.journal.clone();
                 Box::pin(async move {
                     journal

@@ -177,4 +177,7 @@ pub struct StoreStats {
     /// Journal bytes the indexer could not read as events and skipped (a
     /// line torn by a crash, or damage), each logged as an error.
     pub skipped_bytes: u64,
+    /// Writes to the journal's files; fewer than `events` when appends that
+    /// came together shared a write.
+    pub journal_writes: u64,
 }
