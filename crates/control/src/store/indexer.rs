@@ -75,7 +75,10 @@ impl IndexCtl {
     /// Resolves once everything the journal held at the call is in SQLite.
     /// Fails if the indexer fails in the meantime, or takes too long.
     pub async fn caught_up(&self, journal: &Journal) -> Result<(), StoreError> {
-        journal.flush_pending();
+        // Lines still pending after a failed write are not in the index
+        // either: a reader (the slow lane reading a chain head, above all)
+        // must not take the index for the whole story.
+        journal.flush_pending().map_err(StoreError::IndexBehind)?;
         let target = journal.written_pos();
         let mut rx = self.indexed.subscribe();
         let failures_before = rx.borrow().failures;

@@ -657,6 +657,8 @@ impl Journal {
                 let msg: Arc<str> =
                     format!("write failed ({e}) and could not be undone ({trunc})").into();
                 tracing::error!(error = %msg, "audit journal poisoned");
+                // Sessions waiting for an fsync must hear it too.
+                self.durable.send_modify(|d| d.error = Some(msg.clone()));
                 st.poisoned = Some(msg);
             }
             return Err(format!("cannot write the audit journal: {e}"));
@@ -704,15 +706,17 @@ impl Journal {
     }
 
     /// Writes pending lines now (readers call this before waiting for the
-    /// index, so they see command results at once).
-    pub fn flush_pending(&self) {
+    /// index, so they see command results at once). Fails if they could
+    /// not be written.
+    pub fn flush_pending(&self) -> Result<(), String> {
         let wrote = {
             let mut st = self.lock();
-            matches!(self.flush_locked(&mut st), Ok(n) if n > 0)
+            self.flush_locked(&mut st)?
         };
-        if wrote {
+        if wrote > 0 {
             self.written.notify_one();
         }
+        Ok(())
     }
 
     /// Seals the current segment and starts the next. With `sync = "full"`
@@ -1178,7 +1182,7 @@ mod tests {
             "in call order, chained"
         );
         encoded(j.append(result_of("t"), true));
-        j.flush_pending();
+        j.flush_pending().unwrap();
         let data = std::fs::read(&seg).unwrap();
         assert_eq!(parse_lines(&data, usize::MAX).unwrap().0.len(), 4);
         assert_eq!(j.written_pos().offset, data.len() as u64);
@@ -1233,6 +1237,44 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    /// A write that fails and cannot be undone poisons the journal: every
+    /// caller hears it, including one waiting for an fsync, and so does a
+    /// reader flushing pending lines (the slow lane reads chain heads only
+    /// after such a flush).
+    #[tokio::test]
+    async fn a_write_that_cannot_be_undone_fails_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _lane) = open_at(dir.path(), 1, SyncMode::Full, 1 << 20, u64::MAX);
+        let first = written(j.append(pending("a", start()), false));
+        let mark = encoded(j.append(pending("b", start()), true));
+        {
+            // A read-only handle: the write fails and so does the undo.
+            let mut st = j.lock();
+            st.spare = None;
+            st.spare_busy = true;
+            st.file = Arc::new(File::open(segment_path(dir.path(), 1)).unwrap());
+        }
+        assert!(j.write_through(mark).is_err());
+        assert!(j.lock().poisoned.is_some());
+        assert!(j.flush_pending().is_err(), "pending lines are reported");
+        // The bound only turns a hang (the bug this guards against) into a
+        // failure.
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            j.wait_durable(Pos {
+                segment: first.segment,
+                offset: first.offset + 1,
+            }),
+        )
+        .await
+        .expect("a waiter for an fsync of a poisoned journal must not hang");
+        assert!(waited.is_err(), "a waiter for an fsync hears it too");
+        assert!(matches!(
+            j.append(pending("c", start()), false),
+            Appended::Refused(_)
+        ));
     }
 
     /// The data of a segment: up to the first NUL where a line would start.

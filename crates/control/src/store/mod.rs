@@ -295,7 +295,10 @@ impl Store {
         if !self.inner.journal.is_open() {
             return Err(StoreError::Closed);
         }
-        self.inner.journal.flush_pending();
+        self.inner
+            .journal
+            .flush_pending()
+            .map_err(StoreError::IndexBehind)?;
         let pos = self.inner.journal.written_pos();
         self.inner
             .journal
