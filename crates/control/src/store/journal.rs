@@ -111,10 +111,8 @@ pub(crate) struct Durable {
 /// What became of an append.
 #[derive(Debug)]
 pub(crate) enum Appended {
-    /// Written; ends at this place.
-    Written(Pos),
-    /// Chained and encoded, and written with the next write (a detached
-    /// append); [`Journal::write_through`] with this mark writes it now.
+    /// Chained and encoded, and written with the next write;
+    /// [`Journal::write_through`] with this mark writes it now.
     Encoded(u64),
     /// The session's chain head is not in memory (its session ended, or the
     /// gateway restarted), so the event went to the slow lane, which reads
@@ -464,11 +462,11 @@ impl Journal {
         self.indexed_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Chains and writes one event (or queues it in the slow lane). With
-    /// `sync = "full"` the caller then waits for [`Journal::wait_durable`].
-    /// A `detached` event (nobody waits for it) is only encoded, and written
-    /// with the next write.
-    pub fn append(&self, ev: PendingEvent, detached: bool) -> Appended {
+    /// Chains and encodes one event (or queues it in the slow lane); it is
+    /// written with the next write, or now by [`Journal::write_through`]
+    /// with the returned mark. With `sync = "full"` the caller then waits
+    /// for [`Journal::wait_durable`].
+    pub fn append(&self, ev: PendingEvent) -> Appended {
         let started = std::time::Instant::now();
         let mut st = self.lock();
         let Some(lane) = &st.slow_lane else {
@@ -497,17 +495,13 @@ impl Journal {
             return Appended::Queued(outcome);
         };
         let before = st.pos;
-        let result = self.write_event(&mut st, &ev, prev, detached);
+        let result = self.write_event(&mut st, &ev, prev, true);
         let end = st.written_bytes + st.pending.len() as u64;
         drop(st);
         match result {
             Ok(pos) => {
                 self.wrote(started, pos != before);
-                if detached {
-                    Appended::Encoded(end)
-                } else {
-                    Appended::Written(pos)
-                }
+                Appended::Encoded(end)
             }
             Err(e) => {
                 self.metrics.errors.increment(1);
@@ -556,9 +550,7 @@ impl Journal {
     /// Whether a write may happen now: not poisoned, index not too far behind.
     fn admissible(&self, st: &State) -> Result<(), String> {
         if let Some(err) = &st.poisoned {
-            return Err(format!(
-                "the audit journal failed and refuses writes until Airlock restarts: {err}"
-            ));
+            return Err(poisoned(err));
         }
         let behind = (st.written_bytes + st.pending.len() as u64)
             .saturating_sub(self.indexed_bytes.load(Ordering::Relaxed));
@@ -688,9 +680,7 @@ impl Journal {
             return Ok(st.pos);
         }
         if let Some(err) = &st.poisoned {
-            return Err(format!(
-                "the audit journal failed and refuses writes until Airlock restarts: {err}"
-            ));
+            return Err(poisoned(err));
         }
         // A failed write leaves the lines pending (the chains count them):
         // the caller refuses its command and records that, and the lines
@@ -915,6 +905,11 @@ impl Journal {
     }
 }
 
+/// The refusal of a journal that a failed write or fsync poisoned.
+fn poisoned(err: &str) -> String {
+    format!("the audit journal failed and refuses writes until Airlock restarts: {err}")
+}
+
 /// One journal line: the chained columns of an event as a JSON object, with
 /// the event body embedded verbatim (its exact text is what the hash covers).
 /// The other fields are ASCII that needs no escaping: a UUID, a snake_case
@@ -1022,11 +1017,9 @@ mod tests {
         assert_eq!(parse_lines(&buf, usize::MAX).unwrap_err().0, first);
     }
 
-    fn written(a: Appended) -> Pos {
-        match a {
-            Appended::Written(pos) => pos,
-            other => panic!("expected a write, got {other:?}"),
-        }
+    /// Writes an appended event now; where the written data ends.
+    fn written(j: &Journal, a: Appended) -> Pos {
+        j.write_through(encoded(a)).unwrap()
     }
 
     fn encoded(a: Appended) -> u64 {
@@ -1083,9 +1076,9 @@ mod tests {
     fn appends_chain_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open(dir.path(), 600, u64::MAX);
-        let p1 = written(j.append(pending("s", start()), false));
-        let p2 = written(j.append(pending("s", start()), false));
-        let p3 = written(j.append(pending("s", start()), false));
+        let p1 = written(&j, j.append(pending("s", start())));
+        let p2 = written(&j, j.append(pending("s", start())));
+        let p3 = written(&j, j.append(pending("s", start())));
         assert!(p1 < p2 && p2 < p3);
         assert!(p3.segment > 1, "rotated past 600 bytes: {p3:?}");
         assert_eq!(list_segments(dir.path()).unwrap().len() as u64, p3.segment);
@@ -1103,8 +1096,8 @@ mod tests {
     fn a_session_without_a_head_goes_to_the_slow_lane_and_keeps_its_order() {
         let dir = tempfile::tempdir().unwrap();
         let (j, mut lane) = open(dir.path(), 1 << 20, u64::MAX);
-        written(j.append(pending("s", start()), false));
-        written(j.append(pending("s", end()), false));
+        written(&j, j.append(pending("s", start())));
+        written(&j, j.append(pending("s", end())));
         // Ended: its head left memory, so the next event is queued.
         let late = PendingEvent {
             session_id: "s".into(),
@@ -1112,15 +1105,15 @@ mod tests {
             kind: "approval_decided",
             body_json: "{}".into(),
         };
-        assert!(matches!(j.append(late, false), Appended::Queued(_)));
+        assert!(matches!(j.append(late), Appended::Queued(_)));
         // A later event of the same session queues behind it even though
         // the first one will have put a head back by then.
         assert!(matches!(
-            j.append(pending("s", start()), false),
+            j.append(pending("s", start())),
             Appended::Queued(_)
         ));
         // Other sessions are not held up.
-        written(j.append(pending("t", start()), false));
+        written(&j, j.append(pending("t", start())));
         let (first, _ack) = lane.try_recv().unwrap();
         let pos = j
             .append_slow(
@@ -1145,7 +1138,7 @@ mod tests {
         assert_eq!(s[3].0, 4, "the in-memory head wins over a stale one");
         // Drained: the session is back on the fast path.
         assert!(j.lock().slow.is_empty());
-        written(j.append(pending("s", start()), false));
+        written(&j, j.append(pending("s", start())));
     }
 
     fn result_of(sid: &str) -> PendingEvent {
@@ -1162,17 +1155,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open(dir.path(), 1 << 20, u64::MAX);
         let seg = segment_path(dir.path(), 1);
-        let first = written(j.append(pending("s", start()), false));
+        let first = written(&j, j.append(pending("s", start())));
         let len = std::fs::metadata(&seg).unwrap().len();
         assert_eq!(first.offset, len);
-        encoded(j.append(result_of("s"), true));
+        encoded(j.append(result_of("s")));
         assert_eq!(
             std::fs::metadata(&seg).unwrap().len(),
             len,
             "not written yet"
         );
         assert_eq!(j.written_pos(), first, "the indexer does not see it yet");
-        written(j.append(pending("t", start()), false));
+        written(&j, j.append(pending("t", start())));
         let data = std::fs::read(&seg).unwrap();
         let (lines, _) = parse_lines(&data, usize::MAX).unwrap();
         let order: Vec<(&str, i64)> = lines.iter().map(|l| (l.sid, l.seq)).collect();
@@ -1181,7 +1174,7 @@ mod tests {
             [("s", 1), ("s", 2), ("t", 1)],
             "in call order, chained"
         );
-        encoded(j.append(result_of("t"), true));
+        encoded(j.append(result_of("t")));
         j.flush_pending().unwrap();
         let data = std::fs::read(&seg).unwrap();
         assert_eq!(parse_lines(&data, usize::MAX).unwrap().0.len(), 4);
@@ -1195,7 +1188,7 @@ mod tests {
         let seg = segment_path(dir.path(), 1);
         let marks: Vec<u64> = ["a", "b", "c"]
             .iter()
-            .map(|sid| encoded(j.append(pending(sid, start()), true)))
+            .map(|sid| encoded(j.append(pending(sid, start()))))
             .collect();
         assert!(marks[0] < marks[1] && marks[1] < marks[2]);
         assert_eq!(
@@ -1227,7 +1220,7 @@ mod tests {
     fn a_poisoned_journal_refuses_to_write_through() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open(dir.path(), 1 << 20, u64::MAX);
-        let mark = encoded(j.append(pending("a", start()), true));
+        let mark = encoded(j.append(pending("a", start())));
         j.lock().poisoned = Some("disk on fire".into());
         let err = j.write_through(mark).unwrap_err();
         assert!(err.contains("disk on fire"), "{err}");
@@ -1247,8 +1240,8 @@ mod tests {
     async fn a_write_that_cannot_be_undone_fails_every_waiter() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open_at(dir.path(), 1, SyncMode::Full, 1 << 20, u64::MAX);
-        let first = written(j.append(pending("a", start()), false));
-        let mark = encoded(j.append(pending("b", start()), true));
+        let first = written(&j, j.append(pending("a", start())));
+        let mark = encoded(j.append(pending("b", start())));
         {
             // A read-only handle: the write fails and so does the undo.
             let mut st = j.lock();
@@ -1272,7 +1265,7 @@ mod tests {
         .expect("a waiter for an fsync of a poisoned journal must not hang");
         assert!(waited.is_err(), "a waiter for an fsync hears it too");
         assert!(matches!(
-            j.append(pending("c", start()), false),
+            j.append(pending("c", start())),
             Appended::Refused(_)
         ));
     }
@@ -1296,7 +1289,7 @@ mod tests {
         let spare = j.lock().spare.as_ref().map(|s| s.2.clone()).unwrap();
         assert_eq!(std::fs::metadata(&spare).unwrap().len(), 4096);
         // The first write switches from the (empty) plain segment to it.
-        let first = written(j.append(pending("s", start()), false));
+        let first = written(&j, j.append(pending("s", start())));
         assert_eq!(first.segment, 2);
         assert!(!spare.exists(), "linked into place, its own name gone");
         assert_eq!(
@@ -1320,7 +1313,7 @@ mod tests {
         // Past half of it the next spare is made; past its end, rotation.
         let mut last = first;
         while last.segment == 2 {
-            last = written(j.append(pending("s", start()), false));
+            last = written(&j, j.append(pending("s", start())));
         }
         assert_eq!(last.segment, 3);
         let mut seqs = Vec::new();
@@ -1346,16 +1339,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The other journal writes segment 2 (`normal`: no spare of its own).
         let (j2, _lane2) = open_at(dir.path(), 2, SyncMode::Normal, 1 << 20, u64::MAX);
-        assert_eq!(written(j2.append(pending("b", start()), false)).segment, 2);
+        assert_eq!(written(&j2, j2.append(pending("b", start()))).segment, 2);
         let before = std::fs::read(segment_path(dir.path(), 2)).unwrap();
         // This one has a spare ready and moves on to segment 2 at its first
         // write: the name is taken, so it refuses rather than replace it.
         let (j1, _lane1) = open_at(dir.path(), 1, SyncMode::Full, 4096, u64::MAX);
         assert!(j1.spare_settled());
-        assert!(matches!(
-            j1.append(pending("a", start()), false),
-            Appended::Refused(_)
-        ));
+        let mark = encoded(j1.append(pending("a", start())));
+        assert!(j1.write_through(mark).is_err(), "the write is refused");
         assert_eq!(std::fs::read(segment_path(dir.path(), 2)).unwrap(), before);
     }
 
@@ -1366,7 +1357,7 @@ mod tests {
         j.stop_accepting();
         assert!(!j.is_open());
         assert!(matches!(
-            j.append(pending("t", start()), false),
+            j.append(pending("t", start())),
             Appended::Refused(m) if m.contains("closed")
         ));
     }
@@ -1375,10 +1366,10 @@ mod tests {
     fn too_much_unindexed_data_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _lane) = open(dir.path(), 1 << 20, 100);
-        written(j.append(pending("a", start()), false));
-        let refused = j.append(pending("b", start()), false);
+        written(&j, j.append(pending("a", start())));
+        let refused = j.append(pending("b", start()));
         assert!(matches!(refused, Appended::Refused(m) if m.contains("behind")));
         j.add_indexed_bytes(10_000);
-        written(j.append(pending("b", start()), false));
+        written(&j, j.append(pending("b", start())));
     }
 }

@@ -444,9 +444,9 @@ impl AuditSink for Store {
     /// out with the next write (or within 50 ms) and costs no syscall or
     /// fsync of its own.
     fn append_detached(&self, event: AuditEvent) {
-        let outcome = pending_event(&event).map(|p| self.inner.journal.append(p, true));
+        let outcome = pending_event(&event).map(|p| self.inner.journal.append(p));
         match outcome {
-            Ok(Appended::Written(_) | Appended::Encoded(_) | Appended::Queued(_)) => {
+            Ok(Appended::Encoded(_) | Appended::Queued(_)) => {
                 self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Appended::Refused(msg)) => {
@@ -468,30 +468,16 @@ impl AuditSink for Store {
         // earlier. The write happens in the future, after one turn of the
         // run queue, so the sessions of a session thread that append in
         // the same turn share one write.
-        match self.inner.journal.append(pending, true) {
+        match self.inner.journal.append(pending) {
             Appended::Encoded(mark) => {
                 self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
                 let journal = self.inner.journal.clone();
-                let full = self.inner.sync == SyncMode::Full;
                 Box::pin(async move {
                     RunQueueTurn(false).await;
                     let pos = journal
                         .write_through(mark)
                         .map_err(RecordError::Unavailable)?;
-                    // `normal` waits for nothing more: the line is in the OS.
-                    if full {
-                        journal
-                            .wait_durable(pos)
-                            .await
-                            .map_err(RecordError::Unavailable)?;
-                    }
-                    Ok(())
-                })
-            }
-            Appended::Written(pos) => {
-                self.inner.stats.journaled.fetch_add(1, Ordering::Relaxed);
-                let journal = self.inner.journal.clone();
-                Box::pin(async move {
+                    // Returns at once with `normal`: the line is in the OS.
                     journal
                         .wait_durable(pos)
                         .await
@@ -557,8 +543,8 @@ mod tests {
         let mut ends = Vec::new();
         for body in events {
             let ev = pending_event(&AuditEvent::now(id, body)).unwrap();
-            match j.append(ev, false) {
-                journal::Appended::Written(pos) => ends.push(pos),
+            match j.append(ev) {
+                journal::Appended::Encoded(mark) => ends.push(j.write_through(mark).unwrap()),
                 other => panic!("{other:?}"),
             }
         }
