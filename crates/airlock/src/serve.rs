@@ -245,6 +245,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 max_message_bytes: cfg.file.postgres.max_message_bytes,
                 require_tls: cfg.file.postgres.require_tls,
                 allow_cleartext_without_tls: cfg.file.postgres.allow_cleartext_without_tls,
+                login_timeout: cfg.postgres_login_timeout,
             },
         );
         let listener = TcpListener::bind(addr)

@@ -423,12 +423,10 @@ fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (head[0], body)
 }
 
-fn raw_login(gw: &Gateway) -> TcpStream {
-    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "alice"), ("database", "lab")] {
+/// A StartupMessage of protocol `version` (3.0 is `196608`).
+fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -437,21 +435,182 @@ fn raw_login(gw: &Gateway) -> TcpStream {
     body.push(0);
     let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     msg.extend_from_slice(&body);
-    s.write_all(&msg).unwrap();
-    assert_eq!(read_message(&mut s).0, b'R');
+    msg
+}
+
+/// Sends alice's token as a PasswordMessage and returns every message up
+/// to ReadyForQuery, failing on an ErrorResponse.
+fn send_token(gw: &Gateway, s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     let token = gw.token("alice");
     let mut pw = vec![b'p'];
     pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
     pw.extend_from_slice(token.as_bytes());
     pw.push(0);
     s.write_all(&pw).unwrap();
+    let mut got = Vec::new();
     loop {
-        let (tag, _) = read_message(&mut s);
+        let (tag, body) = read_message(s);
+        assert_ne!(
+            tag,
+            b'E',
+            "login failed: {}",
+            String::from_utf8_lossy(&body)
+        );
+        got.push((tag, body));
         if tag == b'Z' {
-            return s;
+            return got;
         }
-        assert_ne!(tag, b'E', "login failed");
     }
+}
+
+/// Asks for a cleartext password: AuthenticationCleartextPassword.
+fn is_password_request((tag, body): &(u8, Vec<u8>)) -> bool {
+    *tag == b'R' && body.as_slice() == [0, 0, 0, 3]
+}
+
+fn raw_login(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&startup_packet(
+        196608,
+        &[("user", "alice"), ("database", "lab")],
+    ))
+    .unwrap();
+    assert!(is_password_request(&read_message(&mut s)));
+    send_token(gw, &mut s);
+    s
+}
+
+/// Runs `SELECT 1` on a raw session and returns the message tags.
+fn raw_select_1(s: &mut TcpStream) -> Vec<u8> {
+    let mut q = vec![b'Q'];
+    let sql = b"SELECT 1\0";
+    q.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    q.extend_from_slice(sql);
+    s.write_all(&q).unwrap();
+    let mut tags = Vec::new();
+    loop {
+        let (tag, _) = read_message(s);
+        tags.push(tag);
+        if tag == b'Z' {
+            return tags;
+        }
+    }
+}
+
+/// libpq 18 can ask for protocol 3.2 and protocol options (`_pq_.*`); like
+/// PostgreSQL, Airlock answers NegotiateProtocolVersion (newest minor 0,
+/// the options it does not know) and the session goes on in 3.0.
+#[test]
+fn a_newer_protocol_minor_is_negotiated_down_to_3_0() {
+    let (_pg, gw) = lab();
+    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let v3_2 = (3 << 16) | 2;
+    s.write_all(&startup_packet(
+        v3_2,
+        &[
+            ("user", "alice"),
+            ("database", "lab"),
+            ("_pq_.made_up", "on"),
+        ],
+    ))
+    .unwrap();
+    let (tag, body) = read_message(&mut s);
+    assert_eq!(tag, b'v', "NegotiateProtocolVersion first");
+    let mut expected = 0i32.to_be_bytes().to_vec();
+    expected.extend_from_slice(&1i32.to_be_bytes());
+    expected.extend_from_slice(b"_pq_.made_up\0");
+    assert_eq!(body, expected);
+    assert!(is_password_request(&read_message(&mut s)));
+    let login = send_token(&gw, &mut s);
+    let key = login
+        .iter()
+        .find(|(tag, _)| *tag == b'K')
+        .expect("BackendKeyData");
+    assert_eq!(
+        key.1.len(),
+        8,
+        "a protocol 3.0 BackendKeyData: pid and a 4-byte key"
+    );
+    assert_eq!(raw_select_1(&mut s), vec![b'T', b'D', b'C', b'Z']);
+
+    // A 3.0 client gets no NegotiateProtocolVersion.
+    let mut plain = TcpStream::connect(gw.pg_addr()).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    plain
+        .write_all(&startup_packet(
+            196608,
+            &[("user", "alice"), ("database", "lab")],
+        ))
+        .unwrap();
+    assert!(is_password_request(&read_message(&mut plain)));
+}
+
+/// A client that does not finish logging in within `login_timeout` is
+/// disconnected (as PostgreSQL's authentication_timeout does, without a
+/// message), wherever it stalls; logged-in sessions are untouched.
+#[test]
+fn a_client_that_does_not_log_in_in_time_is_disconnected() {
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    let gw = Gateway::start(
+        GatewayConfig::new(&pg)
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
+            .extra_toml("[postgres]\nlogin_timeout = \"1s\""),
+    );
+    let mut bystander = raw_login(&gw);
+    let stall = |first: &[u8]| {
+        let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+        // Only a guard against a hang: the gateway closes it after 1 s.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(first).unwrap();
+        s
+    };
+    let half_startup = startup_packet(196608, &[("user", "alice"), ("database", "lab")]);
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let mut stalled = vec![
+        ("silent", stall(&[]), Vec::new()),
+        (
+            "half a startup packet",
+            stall(&half_startup[..7]),
+            Vec::new(),
+        ),
+        (
+            "no TLS handshake after SSLRequest",
+            stall(&ssl_request),
+            b"S".to_vec(),
+        ),
+        (
+            "no password",
+            stall(&half_startup),
+            b"R\0\0\0\x08\0\0\0\x03".to_vec(),
+        ),
+    ];
+    for (what, s, expected) in &mut stalled {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("{what}: the gateway kept the connection open: {e}"));
+        assert_eq!(got, *expected, "{what}: closed without a message");
+    }
+    assert_eq!(raw_select_1(&mut bystander), vec![b'T', b'D', b'C', b'Z']);
+    let metrics = http_get(gw.api_addr(), "/metrics");
+    assert!(
+        metrics.contains("airlock_login_timeouts_total{protocol=\"postgres\"} 4"),
+        "{metrics}"
+    );
+}
+
+/// A plain HTTP/1.0 GET; returns the whole response.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: airlock\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 #[test]
@@ -498,20 +657,7 @@ fn malformed_startup_and_oversized_messages_close_only_that_session() {
     assert_eq!(tag, b'E');
 
     // Everyone else is still served.
-    let mut q = vec![b'Q'];
-    let sql = b"SELECT 1\0";
-    q.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
-    q.extend_from_slice(sql);
-    bystander.write_all(&q).unwrap();
-    let mut tags = Vec::new();
-    loop {
-        let (tag, _) = read_message(&mut bystander);
-        tags.push(tag);
-        if tag == b'Z' {
-            break;
-        }
-    }
-    assert_eq!(tags, vec![b'T', b'D', b'C', b'Z']);
+    assert_eq!(raw_select_1(&mut bystander), vec![b'T', b'D', b'C', b'Z']);
     assert_eq!(
         psql(&gw.conninfo("alice", "lab"), "SELECT 2", &[])
             .expect_success()

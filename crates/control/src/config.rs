@@ -134,6 +134,11 @@ fn default_max_message() -> usize {
     64 * 1024 * 1024
 }
 
+/// PostgreSQL's own `authentication_timeout` default.
+fn default_login_timeout() -> String {
+    "60s".into()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSection {
@@ -150,6 +155,10 @@ pub struct PostgresSection {
     /// Largest protocol message accepted from a client or upstream.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// How long a client may take from connecting to sending its password
+    /// (startup packet and TLS handshake included), e.g. `60s`.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: String,
 }
 
 impl Default for PostgresSection {
@@ -160,6 +169,7 @@ impl Default for PostgresSection {
             require_tls: false,
             allow_cleartext_without_tls: false,
             max_message_bytes: default_max_message(),
+            login_timeout: default_login_timeout(),
         }
     }
 }
@@ -259,6 +269,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store_url: String,
     pub postgres_listen: Option<SocketAddr>,
+    /// `[postgres] login_timeout`, parsed.
+    pub postgres_login_timeout: std::time::Duration,
     pub identities: IdentityRegistry,
     pub targets: Vec<Target>,
     pub masking: airlock_pipeline::mask::MaskingConfig,
@@ -383,6 +395,8 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        let postgres_login_timeout = parse_positive_duration(&file.postgres.login_timeout)
+            .map_err(|e| loc.err("postgres", None, "login_timeout", &e))?;
         if file.postgres.tls_cert.is_some() != file.postgres.tls_key.is_some() {
             return Err(loc.err(
                 "postgres",
@@ -588,6 +602,7 @@ impl Config {
             data_dir,
             store_url,
             postgres_listen,
+            postgres_login_timeout,
             identities: IdentityRegistry::new(entries),
             targets,
             masking,
@@ -1254,6 +1269,28 @@ tags = ["production", "pii"]
             .0;
         assert!(err.contains("listeners.postgres"), "{err}");
         assert!(err.contains("airlock.toml:8:"), "{err}");
+    }
+
+    #[test]
+    fn login_timeout_defaults_to_60s_and_a_bad_one_is_named() {
+        let cfg = Config::from_toml(EXAMPLE, "airlock.toml", &env_all).unwrap();
+        assert_eq!(
+            cfg.postgres_login_timeout,
+            std::time::Duration::from_secs(60)
+        );
+        let src = format!("{EXAMPLE}\n[postgres]\nlogin_timeout = \"5s\"\n");
+        let cfg = Config::from_toml(&src, "airlock.toml", &env_all).unwrap();
+        assert_eq!(
+            cfg.postgres_login_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        let src = format!("{EXAMPLE}\n[postgres]\nlogin_timeout = \"soon\"\n");
+        let err = Config::from_toml(&src, "airlock.toml", &env_all)
+            .unwrap_err()
+            .0;
+        assert!(err.contains("postgres.login_timeout"), "{err}");
+        let line = src.lines().count();
+        assert!(err.contains(&format!("airlock.toml:{line}:")), "{err}");
     }
 
     #[test]

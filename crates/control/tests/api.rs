@@ -245,7 +245,12 @@ async fn verify_is_for_admins_and_auditors_only() {
     let f = fixture().await;
     let (status, _, body) = get(&f.app, "/api/audit/verify", Some("alice-token")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(error_of(&body).contains("auditor"));
+    // The refusal says what to change.
+    let error = error_of(&body);
+    assert!(
+        error.contains("alice's groups (dev)") && error.contains("server.auditor_groups"),
+        "{error}"
+    );
     for token in ["admin-token", "auditor-token"] {
         let (status, _, body) = get(&f.app, "/api/audit/verify", Some(token)).await;
         assert_eq!(status, StatusCode::OK);

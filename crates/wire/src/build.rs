@@ -222,6 +222,19 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     finish(buf, at);
 }
 
+/// NegotiateProtocolVersion: the newest minor version of protocol 3 the
+/// server speaks, and the `_pq_.` options of the startup packet it does not
+/// know.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unrecognized: &[&str]) {
+    let at = begin(buf, be::NEGOTIATE_PROTOCOL_VERSION);
+    buf.put_i32(newest_minor);
+    buf.put_i32(i32::try_from(unrecognized.len()).unwrap_or(i32::MAX));
+    for option in unrecognized {
+        put_cstr(buf, option.as_bytes());
+    }
+    finish(buf, at);
+}
+
 /// ReadyForQuery; `status` is one of the [`ReadyForQuery`](crate::backend::ReadyForQuery) constants.
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     message(buf, be::READY_FOR_QUERY, &[status]);
@@ -450,6 +463,9 @@ mod tests {
         b.clear();
         data_row(&mut b, [Some(&b"ab"[..]), None]);
         assert_eq!(b.as_ref(), b"D\0\0\0\x10\0\x02\0\0\0\x02ab\xff\xff\xff\xff");
+        b.clear();
+        negotiate_protocol_version(&mut b, 0, &["_pq_.x"]);
+        assert_eq!(b.as_ref(), b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0");
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::reader::Reader;
 
 /// Protocol version 3.0 as sent in a StartupMessage (`3 << 16`).
 pub const PROTOCOL_VERSION_3_0: i32 = 196_608;
+/// Startup parameters with this prefix are protocol options (`_pq_.name`),
+/// which a server that does not know them lists in NegotiateProtocolVersion.
+pub const PROTOCOL_OPTION_PREFIX: &str = "_pq_.";
 /// Request code of an SSLRequest (`1234 << 16 | 5679`).
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
 /// Request code of a GSSENCRequest (`1234 << 16 | 5680`).
@@ -37,7 +40,9 @@ pub enum StartupMessage {
     GssEncRequest,
     /// The client asks to cancel the query running on another connection.
     CancelRequest { pid: i32, secret: i32 },
-    /// A protocol 3.0 StartupMessage and its parameters, in wire order.
+    /// A protocol 3.x StartupMessage and its parameters, in wire order. A
+    /// minor version above 0 is accepted here; the server then answers with
+    /// NegotiateProtocolVersion and speaks 3.0.
     Startup {
         version: i32,
         params: Vec<(String, String)>,
@@ -45,6 +50,15 @@ pub enum StartupMessage {
 }
 
 impl StartupMessage {
+    /// The minor protocol version a StartupMessage asked for (`None` for
+    /// other packet kinds).
+    pub fn minor_version(&self) -> Option<i32> {
+        match self {
+            Self::Startup { version, .. } => Some(version & 0xffff),
+            _ => None,
+        }
+    }
+
     /// The value of the startup parameter `name` (e.g. `user`, `database`),
     /// or `None` for other packet kinds.
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -121,7 +135,9 @@ pub fn decode_startup(body: &[u8]) -> Result<StartupMessage, WireError> {
             r.finish()?;
             Ok(StartupMessage::CancelRequest { pid, secret })
         }
-        PROTOCOL_VERSION_3_0 => {
+        // Any 3.x: later minors only add optional features, which the
+        // server declines with NegotiateProtocolVersion.
+        _ if code >> 16 == PROTOCOL_VERSION_3_0 >> 16 => {
             let mut params = Vec::new();
             loop {
                 // An empty name is the list terminator.
@@ -253,13 +269,25 @@ mod tests {
             Err(WireError::UnsupportedProtocolVersion(0x0002_0000))
         );
         assert_eq!(
-            split(b"\0\0\0\x09\0\x03\0\x02\0"),
-            Err(WireError::UnsupportedProtocolVersion(0x0003_0002))
+            split(b"\0\0\0\x09\0\x04\0\0\0"),
+            Err(WireError::UnsupportedProtocolVersion(0x0004_0000))
         );
         assert_eq!(
             split(b"\0\0\0\x08\x04\xd2\x16\x31"),
             Err(WireError::UnknownRequestCode(80_877_105))
         );
+    }
+
+    #[test]
+    fn later_minor_versions_and_protocol_options_decode() {
+        // 3.2 with a protocol option, as libpq 18 sends with max_protocol_version=3.2.
+        let msg = split(b"\0\0\0\x1e\0\x03\0\x02user\0bob\0_pq_.opt\0on\0\0")
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.minor_version(), Some(2));
+        assert_eq!(msg.param("user"), Some("bob"));
+        assert_eq!(msg.param("_pq_.opt"), Some("on"));
+        assert_eq!(StartupMessage::SslRequest.minor_version(), None);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct PgSettings {
     pub max_message_bytes: usize,
     pub require_tls: bool,
     pub allow_cleartext_without_tls: bool,
+    /// From connecting to the password message; then the connection closes.
+    pub login_timeout: std::time::Duration,
 }
 
 pub(crate) struct Meters {
@@ -36,6 +38,7 @@ pub(crate) struct Meters {
     pub command_seconds: Histogram,
     pub command_errors: Counter,
     pub connections: Counter,
+    pub login_timeouts: Counter,
 }
 
 impl Meters {
@@ -46,6 +49,7 @@ impl Meters {
             command_seconds: metrics::histogram!("airlock_command_duration_seconds", "protocol" => "postgres"),
             command_errors: metrics::counter!("airlock_command_errors_total", "protocol" => "postgres"),
             connections: metrics::counter!("airlock_connections_total", "protocol" => "postgres"),
+            login_timeouts: metrics::counter!("airlock_login_timeouts_total", "protocol" => "postgres"),
         }
     }
 }

@@ -26,7 +26,7 @@ use airlock_wire::backend::{self, ErrorResponse};
 use airlock_wire::build::{self, ErrorFields};
 use airlock_wire::frame::split_frame;
 use airlock_wire::frontend;
-use airlock_wire::startup::{StartupMessage, split_startup};
+use airlock_wire::startup::{PROTOCOL_OPTION_PREFIX, StartupMessage, split_startup};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -125,19 +125,21 @@ async fn read_startup<S: AsyncRead + Unpin + ?Sized>(
     }
 }
 
-async fn startup(
+/// The startup phase up to the password: TLS, startup parameters, protocol
+/// version, and the token. `None` when the client went away or only
+/// cancelled a query.
+async fn login(
     adapter: &Arc<PgAdapter>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), StartupError> {
+) -> Result<Option<Login>, StartupError> {
     let mut buf = BytesMut::with_capacity(1024);
     // Phase 1, on plain TCP: SSLRequest, GSSENCRequest, CancelRequest or a
     // plain StartupMessage.
-    let (mut stream, tls, params): (BoxStream, bool, Vec<(String, String)>) = loop {
+    let (mut stream, tls, minor, params): (BoxStream, bool, i32, Vec<(String, String)>) = loop {
         let msg = match read_startup(&mut tcp, &mut buf).await {
             Ok(Some(m)) => m,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(None),
             Err(e) => {
                 return Err(
                     send_fatal(&mut tcp, "08P01", &format!("invalid startup packet: {e}")).await,
@@ -161,7 +163,7 @@ async fn startup(
                 let mut tls_stream = acceptor.accept(tcp).await?;
                 let msg = match read_startup(&mut tls_stream, &mut buf).await {
                     Ok(Some(m)) => m,
-                    Ok(None) => return Ok(()),
+                    Ok(None) => return Ok(None),
                     Err(e) => {
                         return Err(send_fatal(
                             &mut tls_stream,
@@ -172,13 +174,13 @@ async fn startup(
                     }
                 };
                 match msg {
-                    StartupMessage::Startup { params, .. } => {
-                        break (Box::new(tls_stream), true, params);
+                    StartupMessage::Startup { version, params } => {
+                        break (Box::new(tls_stream), true, version & 0xffff, params);
                     }
                     // libpq 17+ sends its CancelRequest over TLS too.
                     StartupMessage::CancelRequest { pid, secret } => {
                         adapter.cancels.cancel(pid, secret).await;
-                        return Ok(());
+                        return Ok(None);
                     }
                     _ => {
                         return Err(send_fatal(
@@ -195,9 +197,11 @@ async fn startup(
             }
             StartupMessage::CancelRequest { pid, secret } => {
                 adapter.cancels.cancel(pid, secret).await;
-                return Ok(());
+                return Ok(None);
             }
-            StartupMessage::Startup { params, .. } => break (Box::new(tcp), false, params),
+            StartupMessage::Startup { version, params } => {
+                break (Box::new(tcp), false, version & 0xffff, params);
+            }
         }
     };
 
@@ -239,8 +243,18 @@ async fn startup(
         .await);
     }
 
-    // Ask for the token as a cleartext password (safe: TLS or loopback).
     let mut out = BytesMut::with_capacity(256);
+    // A client asking for protocol 3.1+ or for protocol options learns that
+    // this session speaks plain 3.0, as PostgreSQL tells it.
+    let options: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with(PROTOCOL_OPTION_PREFIX))
+        .collect();
+    if minor > 0 || !options.is_empty() {
+        build::negotiate_protocol_version(&mut out, 0, &options);
+    }
+    // Ask for the token as a cleartext password (safe: TLS or loopback).
     build::auth_cleartext_password(&mut out);
     stream.write_all(&out).await?;
     stream.flush().await?;
@@ -252,7 +266,7 @@ async fn startup(
         }
         if stream.read_buf(&mut buf).await? == 0 {
             // psql closes and re-prompts when it has no password yet.
-            return Ok(());
+            return Ok(None);
         }
     };
     if frame.tag != frontend::tag::PASSWORD {
@@ -262,6 +276,66 @@ async fn startup(
         Ok(p) => p.0.to_vec(),
         Err(_) => return Err(send_fatal(&mut stream, "08P01", "invalid password packet").await),
     };
+    Ok(Some(Login {
+        stream,
+        tls,
+        buf,
+        user,
+        connection,
+        application_name,
+        params,
+        token,
+    }))
+}
+
+/// A client that has logged in: its stream, its startup parameters and the
+/// token it gave, not yet checked.
+struct Login {
+    stream: BoxStream,
+    tls: bool,
+    /// Bytes the client sent after its password message.
+    buf: BytesMut,
+    user: String,
+    connection: String,
+    application_name: Option<String>,
+    params: Vec<(String, String)>,
+    token: Vec<u8>,
+}
+
+async fn startup(
+    adapter: &Arc<PgAdapter>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), StartupError> {
+    // A client gets `login_timeout` to finish its startup, TLS handshake and
+    // password, so idle or trickling connections cannot pile up before
+    // anyone is authenticated. Like PostgreSQL's authentication_timeout,
+    // the connection is closed without a message.
+    let timeout = adapter.settings.login_timeout;
+    let login = match tokio::time::timeout(timeout, login(adapter, tcp, peer)).await {
+        Ok(login) => match login? {
+            Some(login) => login,
+            None => return Ok(()),
+        },
+        Err(_) => {
+            tracing::info!(client = %peer, timeout = ?timeout, "client did not log in within login_timeout; connection closed");
+            adapter.meters.login_timeouts.increment(1);
+            return Ok(());
+        }
+    };
+    let Login {
+        mut stream,
+        tls,
+        buf,
+        user,
+        connection,
+        application_name,
+        params,
+        token,
+    } = login;
+    let settings = &adapter.settings;
+    let mut out = BytesMut::with_capacity(256);
 
     let req = ConnectRequest {
         user: &user,

@@ -28,13 +28,6 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
     }
 
-    pub fn forbidden(what: &str) -> Self {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{what} requires an admin or auditor role"),
-        )
-    }
-
     pub fn not_found(what: &str) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }

@@ -199,7 +199,20 @@ async fn verify(
     State(state): State<ApiState>,
 ) -> Result<Json<VerifyReport>, ApiError> {
     if !caller.role.sees_everything() {
-        return Err(ApiError::forbidden("audit verification"));
+        // Says what to change: the example config gives no one this role.
+        let groups = &caller.identity.groups;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "audit verification requires an admin or auditor role: add one of {}'s groups ({}) to server.auditor_groups or server.admin_groups",
+                caller.identity.name,
+                if groups.is_empty() {
+                    "none".to_string()
+                } else {
+                    groups.join(", ")
+                },
+            ),
+        ));
     }
     Ok(Json(state.store.verify().await?))
 }
