@@ -302,6 +302,79 @@ fn client_tls_with_sslmode_require_and_tls_required_by_config() {
     assert!(text.contains("\"tls\":true"), "{text}");
 }
 
+/// This machine's address on its default route: a client connecting to it
+/// is not on loopback. (A UDP connect sends nothing; it only picks a route.)
+fn non_loopback_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let ip = socket
+        .connect("203.0.113.1:9")
+        .and_then(|()| socket.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or_else(|e| {
+            panic!(
+                "this test needs a network interface besides loopback, with a default route: {e}"
+            )
+        });
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "this test needs a network interface besides loopback, with a default route (got {ip})"
+    );
+    ip
+}
+
+/// From a client that is not on loopback, a token (a cleartext password)
+/// is accepted only over TLS, unless `allow_cleartext_without_tls` says
+/// otherwise. The TLS certificate is the configured one (`tls_cert`/
+/// `tls_key`): libpq's `verify-ca` against its CA would refuse the
+/// self-signed fallback.
+#[test]
+fn tokens_from_other_hosts_need_tls_and_the_configured_certificate_is_presented() {
+    let ip = non_loopback_ip();
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    let dir = tempfile::tempdir().unwrap();
+    let tls = generate_tls(&dir.path().join("gateway-tls"));
+    let start = |allow_cleartext: bool| {
+        Gateway::start(
+            GatewayConfig::new(&pg)
+                .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
+                .listener("postgres", &format!("{ip}:0"))
+                .extra_toml(&format!(
+                    "[postgres]\ntls_cert = {}\ntls_key = {}\nallow_cleartext_without_tls = {allow_cleartext}",
+                    toml_string(tls.server_cert.to_string_lossy()),
+                    toml_string(tls.server_key.to_string_lossy()),
+                )),
+        )
+    };
+    let gw = start(false);
+    let ci = gw.conninfo("alice", "lab");
+    assert!(ci.contains(&format!("host={ip} ")), "{ci}");
+    let out = psql(&format!("{ci} sslmode=disable"), "SELECT 1", &[]);
+    assert!(out.stderr.contains("requires TLS"), "{out:?}");
+    let ca = tls.ca_cert.to_string_lossy();
+    let out = psql(
+        &format!("{ci} sslmode=verify-ca sslrootcert={ca}"),
+        "SELECT 1",
+        &[],
+    );
+    assert_eq!(out.expect_success().trim(), "1");
+    let sessions = cli_json(&gw, &["sessions", "list", "--json"]).to_string();
+    assert!(
+        sessions.contains(&format!("\"client_addr\":\"{ip}:")),
+        "{sessions}"
+    );
+    assert!(sessions.contains("\"tls\":true"), "{sessions}");
+    drop(gw);
+
+    let gw = start(true);
+    let out = psql(
+        &format!("{} sslmode=disable", gw.conninfo("alice", "lab")),
+        "SELECT 1",
+        &[],
+    );
+    assert_eq!(out.expect_success().trim(), "1", "allowed by config");
+}
+
 #[test]
 fn upstream_scram_md5_cleartext_trust_and_tls_modes() {
     let pg = PgCluster::builder().tls(true).start();

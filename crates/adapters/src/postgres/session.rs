@@ -781,9 +781,19 @@ impl ClientHalf {
             }
             tag::FUNCTION_CALL => {
                 let f = frontend::FunctionCall::decode(frame.body()).map_err(bad)?;
+                // The arguments are recorded like bind parameters (binary
+                // ones as `\x` hex: their types are not on the wire).
+                let params = f
+                    .args
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        a.map(|v| frontend::render_param(Some(v), f.arg_format(i)).into_owned())
+                    })
+                    .collect();
                 let input = CommandInput {
                     text: Arc::from(format!("FUNCTION CALL oid={}", f.oid)),
-                    params: Vec::new(),
+                    params,
                     via: CommandVia::FunctionCall,
                 };
                 let admission = self.admit(input, &frame.bytes, out, io).await?;

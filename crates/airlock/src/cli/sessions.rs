@@ -284,6 +284,10 @@ fn command_row(c: &CommandEntry) -> [String; 7] {
             let mut outcome = match (&r.error_code, &r.error_message) {
                 (Some(code), Some(msg)) => format!("ERROR {code}: {msg}"),
                 (Some(code), None) => format!("ERROR {code}"),
+                // A portal fetched in steps: its tags count single steps.
+                (None, _) if r.fetches > 1 => {
+                    format!("{} rows in {} fetches", r.rows, r.fetches)
+                }
                 (None, _) if !r.tags.is_empty() => r.tags.join("; "),
                 (None, _) => format!("{} rows", r.rows),
             };
@@ -416,6 +420,7 @@ mod tests {
             error_code: None,
             error_message: None,
             masked: vec![],
+            fetches: 1,
         };
         let detail = SessionDetail {
             summary: summary(),

@@ -343,6 +343,10 @@ fn timeline(summary: SessionSummary, rows: Vec<EventRow>) -> SessionDetail {
                     result: None,
                 });
             }
+            // A portal fetched with a row limit answers one command in
+            // several steps (PortalSuspended, then CommandComplete): each
+            // step is recorded as a result of that command, and the
+            // timeline shows their sum.
             Ok(EventBody::CommandResult {
                 seq,
                 tags,
@@ -351,22 +355,23 @@ fn timeline(summary: SessionSummary, rows: Vec<EventRow>) -> SessionDetail {
                 error_code,
                 error_message,
                 masked,
-            }) if by_command_seq
-                .get(&seq)
-                .is_some_and(|&i| commands[i].result.is_none()) =>
-            {
-                if let Some(&i) = by_command_seq.get(&seq) {
-                    commands[i].result = Some(CommandOutcome {
-                        seq: row.seq,
-                        at_us: row.at_us,
-                        tags,
-                        rows,
-                        duration_us,
-                        error_code,
-                        error_message,
-                        masked,
-                    });
-                }
+            }) if by_command_seq.contains_key(&seq) => {
+                let command = &mut commands[by_command_seq[&seq]];
+                let step = CommandOutcome {
+                    seq: row.seq,
+                    at_us: row.at_us,
+                    tags,
+                    rows,
+                    duration_us,
+                    error_code,
+                    error_message,
+                    masked,
+                    fetches: 1,
+                };
+                command.result = Some(match command.result.take() {
+                    None => step,
+                    Some(so_far) => so_far.then(step),
+                });
             }
             _ => {
                 let body =

@@ -113,19 +113,54 @@ pub struct CommandEntry {
     pub result: Option<CommandOutcome>,
 }
 
-/// What came back for a command.
+/// What came back for a command: one result event, or the sum of several
+/// when the client fetched a portal in steps (Execute with a row limit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandOutcome {
-    /// Position of the result event in the session's chain.
+    /// Position of the (last) result event in the session's chain.
     pub seq: i64,
     pub at_us: i64,
+    /// Command tags of every step, in order.
     pub tags: Vec<String>,
+    /// Rows of every step together.
     pub rows: u64,
+    /// Time upstream spent answering, every step together.
     pub duration_us: u64,
+    /// The first error of any step.
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     #[serde(default)]
     pub masked: Vec<MaskCount>,
+    /// Result events summed here: more than 1 for a portal fetched in steps.
+    #[serde(default = "one")]
+    pub fetches: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl CommandOutcome {
+    /// This outcome followed by the next step of the same command.
+    pub fn then(mut self, next: CommandOutcome) -> CommandOutcome {
+        self.seq = next.seq;
+        self.at_us = next.at_us;
+        self.tags.extend(next.tags);
+        self.rows += next.rows;
+        self.duration_us += next.duration_us;
+        if self.error_code.is_none() {
+            self.error_code = next.error_code;
+            self.error_message = next.error_message;
+        }
+        for m in next.masked {
+            match self.masked.iter_mut().find(|c| c.rule == m.rule) {
+                Some(c) => c.cells += m.cells,
+                None => self.masked.push(m),
+            }
+        }
+        self.fetches += next.fetches;
+        self
+    }
 }
 
 /// Any event that is not a command joined with its result.
@@ -180,4 +215,53 @@ pub struct StoreStats {
     /// Writes to the journal's files; fewer than `events` when appends that
     /// came together shared a write.
     pub journal_writes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(
+        seq: i64,
+        tags: &[&str],
+        rows: u64,
+        error: Option<&str>,
+        masked: u64,
+    ) -> CommandOutcome {
+        CommandOutcome {
+            seq,
+            at_us: seq * 10,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            rows,
+            duration_us: 100,
+            error_code: error.map(str::to_string),
+            error_message: error.map(|e| format!("error {e}")),
+            masked: vec![MaskCount {
+                rule: "email".into(),
+                cells: masked,
+            }],
+            fetches: 1,
+        }
+    }
+
+    #[test]
+    fn steps_of_one_portal_add_up() {
+        let all = step(3, &[], 3, None, 2)
+            .then(step(5, &[], 3, Some("57014"), 1))
+            .then(step(7, &["SELECT 1"], 1, Some("XX000"), 0));
+        assert_eq!((all.seq, all.at_us), (7, 70), "the last step's position");
+        assert_eq!(all.tags, ["SELECT 1"]);
+        assert_eq!((all.rows, all.duration_us, all.fetches), (7, 300, 3));
+        assert_eq!(all.error_code.as_deref(), Some("57014"), "the first error");
+        assert_eq!(all.error_message.as_deref(), Some("error 57014"));
+        assert_eq!(all.masked.len(), 1);
+        assert_eq!(all.masked[0].cells, 3);
+    }
+
+    #[test]
+    fn an_outcome_without_fetches_reads_as_one() {
+        let json = r#"{"seq":1,"at_us":2,"tags":[],"rows":0,"duration_us":0,"error_code":null,"error_message":null}"#;
+        let o: CommandOutcome = serde_json::from_str(json).unwrap();
+        assert_eq!(o.fetches, 1);
+    }
 }
