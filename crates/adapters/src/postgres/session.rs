@@ -42,7 +42,6 @@ use crate::io::BoxStream;
 /// The stand-in statement for a refused command; PostgreSQL answers it with
 /// `syntax error at or near "airlock_denied"`.
 const DENY_SQL: &str = "airlock_denied";
-const DENY_MARKER: &str = "\"airlock_denied\"";
 /// Passwords (tokens) are short; anything longer is refused before reading.
 const MAX_PASSWORD_MESSAGE: usize = 16 * 1024;
 /// Prepared statements and portals one session may keep track of.
@@ -98,6 +97,14 @@ fn fatal(code: &str, message: &str) -> BytesMut {
     let mut out = BytesMut::with_capacity(64 + message.len());
     build::error_response(&mut out, &ErrorFields::new("FATAL", code, message));
     out
+}
+
+/// The upstream's answer to the stand-in statement a refused command was
+/// replaced with: its syntax error (42601) names the token. The message is
+/// translated under other `lc_messages` (German quotes it as
+/// `»airlock_denied«`), so only the token itself is looked for.
+fn is_stand_in_error(e: &ErrorResponse<'_>) -> bool {
+    e.code() == Some("42601") && e.message().is_some_and(|m| m.contains(DENY_SQL))
 }
 
 async fn send_fatal<S: AsyncWrite + Unpin + ?Sized>(
@@ -1398,7 +1405,7 @@ impl ServerHalf {
                     let fields = ErrorResponse::decode(body).ok();
                     let message = fields.as_ref().and_then(|f| f.message());
                     stand_in =
-                        p.replacement.is_some() && message.is_some_and(|m| m.contains(DENY_MARKER));
+                        p.replacement.is_some() && fields.as_ref().is_some_and(is_stand_in_error);
                     if stand_in {
                         if let Some(rep) = p.replacement.take() {
                             let ours = rep.get(5..).and_then(|b| ErrorResponse::decode(b).ok());
@@ -1643,5 +1650,34 @@ impl MaskState {
             scratch: Vec::new(),
             unknown_shape_cells: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(code: &str, message: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        build::error_response(&mut b, &ErrorFields::new("ERROR", code, message));
+        b
+    }
+
+    #[test]
+    fn the_stand_in_error_is_known_in_any_language() {
+        for message in [
+            "syntax error at or near \"airlock_denied\"",
+            "Syntaxfehler bei »airlock_denied«",
+            "erreur de syntaxe sur ou près de « airlock_denied »",
+        ] {
+            let b = error("42601", message);
+            let e = ErrorResponse::decode(&b[5..]).unwrap();
+            assert!(is_stand_in_error(&e), "{message}");
+        }
+        // Another error of the same batch is the upstream's own.
+        let b = error("42P01", "relation \"airlock_denied\" does not exist");
+        assert!(!is_stand_in_error(&ErrorResponse::decode(&b[5..]).unwrap()));
+        let b = error("42601", "syntax error at or near \"SELEC\"");
+        assert!(!is_stand_in_error(&ErrorResponse::decode(&b[5..]).unwrap()));
     }
 }
