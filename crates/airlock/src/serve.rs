@@ -129,10 +129,34 @@ fn pg_target(t: &airlock_control::config::Target) -> anyhow::Result<PgTarget> {
     })
 }
 
+/// Raises the soft limit on open files to the hard one. Each session holds
+/// two sockets, and the usual soft limit (1024 under systemd) would refuse
+/// new clients at about 500 sessions, while the hard limit is far higher.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open files limit")
+        }
+        Err(e) => {
+            tracing::warn!(limit = ?limit.current, error = %e, "cannot raise the open files limit")
+        }
+    }
+}
+
 /// Starts everything the config asks for and returns once all listeners are
 /// bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let metrics = api::install_metrics_recorder();
+    raise_open_files_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
 

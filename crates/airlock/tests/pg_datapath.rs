@@ -1060,3 +1060,32 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Started with a low soft limit on open files (as systemd's 1024 is), the
+/// gateway raises it to the hard limit, so sessions are not refused long
+/// before the machine runs out.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let prlimit = support::util::which("prlimit")
+        .unwrap_or_else(|| panic!("`prlimit` not found (apt-get install util-linux)"));
+    let pg = PgCluster::start();
+    pg.create_database("lab", SCRAM_USER);
+    let gw = Gateway::start_with_program(
+        &prlimit,
+        &["--nofile=256:4096", "--", env!("CARGO_BIN_EXE_airlock")],
+        GatewayConfig::new(&pg)
+            .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"])),
+    );
+    let pid = gw.pid().expect("the gateway runs");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    assert_eq!(
+        gw.psql("alice", "lab", "SELECT 1").expect_success().trim(),
+        "1"
+    );
+}
