@@ -1089,3 +1089,37 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         "1"
     );
 }
+
+/// `airlock serve` with a broken config stops before listening, with a
+/// message that names the key and its line, or the missing secret variable.
+#[test]
+fn serve_refuses_a_bad_config_naming_the_key_line_and_missing_secret() {
+    let example = EXAMPLE_CONFIG_TEMPLATE
+        .replace("{data_dir}", "@DATA_DIR@")
+        .replace("{port}", "5432");
+    let env = [
+        ("AGENT_TOKEN", "agent-token-0123456789"),
+        ("ALICE_TOKEN", "alice-token-0123456789"),
+        ("SHOP_DB_PASSWORD", "upstream-secret"),
+    ];
+
+    let misspelt = example.replace("tls = \"prefer\"", "tls_mode = \"prefer\"");
+    let line = misspelt
+        .lines()
+        .position(|l| l.starts_with("tls_mode"))
+        .unwrap()
+        + 1;
+    let (status, stderr) = Gateway::start_toml_expect_failure(&misspelt, &env);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("airlock.toml:{line}:")) && stderr.contains("`tls_mode`"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = Gateway::start_toml_expect_failure(&example, &env[..2]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("SHOP_DB_PASSWORD") && stderr.contains("password_env"),
+        "{stderr}"
+    );
+}
