@@ -35,30 +35,10 @@ async fn connect(gw: &Gateway, identity: &str, connection: &str) -> tokio_postgr
     client
 }
 
-/// Runs the operator CLI against the gateway's API.
-fn cli(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(args)
-        .env("AIRLOCK_URL", gw.api_url())
-        .env("AIRLOCK_TOKEN", token)
-        .output()
-        .expect("run airlock CLI")
-}
-
-fn cli_json(gw: &Gateway, args: &[&str]) -> serde_json::Value {
-    let out = cli(gw, gw.token("alice"), args);
-    assert!(
-        out.status.success(),
-        "airlock {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
-}
-
 /// The recorded sessions on `connection`, as the CLI's `sessions list
 /// --json` gives them.
 fn sessions_on(gw: &Gateway, connection: &str) -> Vec<serde_json::Value> {
-    let list = cli_json(gw, &["sessions", "list", "--json"]);
+    let list = gw.cli_json(&["sessions", "list", "--json"]);
     list.as_array()
         .or_else(|| list["sessions"].as_array())
         .unwrap_or_else(|| panic!("a list of sessions: {list}"))
@@ -71,7 +51,7 @@ fn sessions_on(gw: &Gateway, connection: &str) -> Vec<serde_json::Value> {
 /// The timeline of one recorded session, as JSON text.
 fn timeline_of(gw: &Gateway, session: &serde_json::Value) -> String {
     let id = session["id"].as_str().expect("a session id");
-    cli_json(gw, &["sessions", "show", id, "--json"]).to_string()
+    gw.cli_json(&["sessions", "show", id, "--json"]).to_string()
 }
 
 #[test]
@@ -297,7 +277,7 @@ fn client_tls_with_sslmode_require_and_tls_required_by_config() {
     assert!(out.success(), "{out:?}");
     let out = psql(&format!("{ci} sslmode=disable"), "SELECT 1", &[]);
     assert!(out.stderr.contains("requires TLS"), "{out:?}");
-    let sessions = cli_json(&gw, &["sessions", "list", "--json"]);
+    let sessions = gw.cli_json(&["sessions", "list", "--json"]);
     let text = sessions.to_string();
     assert!(text.contains("\"tls\":true"), "{text}");
 }
@@ -358,7 +338,7 @@ fn tokens_from_other_hosts_need_tls_and_the_configured_certificate_is_presented(
         &[],
     );
     assert_eq!(out.expect_success().trim(), "1");
-    let sessions = cli_json(&gw, &["sessions", "list", "--json"]).to_string();
+    let sessions = gw.cli_json(&["sessions", "list", "--json"]).to_string();
     assert!(
         sessions.contains(&format!("\"client_addr\":\"{ip}:")),
         "{sessions}"
@@ -472,7 +452,7 @@ fn wrong_token_unknown_connection_and_upstream_down() {
             .trim(),
         "7"
     );
-    let sessions = cli_json(&gw, &["sessions", "list", "--json"]).to_string();
+    let sessions = gw.cli_json(&["sessions", "list", "--json"]).to_string();
     assert!(
         sessions.contains("nosuch"),
         "unknown-connection attempt recorded: {sessions}"
@@ -485,30 +465,6 @@ fn wrong_token_unknown_connection_and_upstream_down() {
         !gw.stderr_contents().contains("not-the-token"),
         "presented tokens are never logged"
     );
-}
-
-fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).expect("message header");
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body).expect("message body");
-    (head[0], body)
-}
-
-/// A StartupMessage of protocol `version` (3.0 is `196608`).
-fn startup_packet(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
 }
 
 /// Sends alice's token as a PasswordMessage and returns every message up
@@ -545,7 +501,7 @@ fn raw_login(gw: &Gateway) -> TcpStream {
     let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(&startup_packet(
-        196608,
+        PROTOCOL_3_0,
         &[("user", "alice"), ("database", "lab")],
     ))
     .unwrap();
@@ -615,7 +571,7 @@ fn a_newer_protocol_minor_is_negotiated_down_to_3_0() {
         .unwrap();
     plain
         .write_all(&startup_packet(
-            196608,
+            PROTOCOL_3_0,
             &[("user", "alice"), ("database", "lab")],
         ))
         .unwrap();
@@ -642,7 +598,7 @@ fn a_client_that_does_not_log_in_in_time_is_disconnected() {
         s.write_all(first).unwrap();
         s
     };
-    let half_startup = startup_packet(196608, &[("user", "alice"), ("database", "lab")]);
+    let half_startup = startup_packet(PROTOCOL_3_0, &[("user", "alice"), ("database", "lab")]);
     let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let mut stalled = vec![
         ("silent", stall(&[]), Vec::new()),
@@ -669,21 +625,16 @@ fn a_client_that_does_not_log_in_in_time_is_disconnected() {
         assert_eq!(got, *expected, "{what}: closed without a message");
     }
     assert_eq!(raw_select_1(&mut bystander), vec![b'T', b'D', b'C', b'Z']);
-    let metrics = http_get(gw.api_addr(), "/metrics");
-    assert!(
-        metrics.contains("airlock_login_timeouts_total{protocol=\"postgres\"} 4"),
+    let (_, metrics) = http_get(gw.api_addr(), "/metrics");
+    assert_eq!(
+        sample(
+            &metrics,
+            "airlock_login_timeouts_total",
+            &[("protocol", "postgres")]
+        ),
+        Some(4.0),
         "{metrics}"
     );
-}
-
-/// A plain HTTP/1.0 GET; returns the whole response.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: airlock\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]
@@ -944,7 +895,7 @@ fn a_session_stopped_while_connecting_upstream_still_gets_an_end() {
             .is_some_and(|r| r.contains("gateway shut down")),
         "{mute}"
     );
-    let verify = cli(&gw, gw.token("alice"), &["audit", "verify"]);
+    let verify = gw.cli(gw.token("alice"), &["audit", "verify"]);
     assert!(
         verify.status.success(),
         "the end written on drop extends the chain: {}",
@@ -986,7 +937,7 @@ fn every_statement_is_recorded_and_the_chain_detects_tampering() {
         "SQLSTATE of the failed statement recorded: {text}"
     );
 
-    let out = cli(&gw, gw.token("alice"), &["audit", "verify"]);
+    let out = gw.cli(gw.token("alice"), &["audit", "verify"]);
     assert!(
         out.status.success(),
         "{}",
@@ -1000,7 +951,7 @@ fn every_statement_is_recorded_and_the_chain_detects_tampering() {
         &[&db.to_string_lossy()],
     );
     assert_ne!(edit.expect_success().trim(), "0", "a row was altered");
-    let out = cli(&gw, gw.token("alice"), &["audit", "verify"]);
+    let out = gw.cli(gw.token("alice"), &["audit", "verify"]);
     assert!(!out.status.success(), "verify must fail after tampering");
     let report =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -1023,7 +974,7 @@ fn upstream_password_never_reaches_data_dir_logs_or_api() {
     )
     .expect_success();
     let _ = psql(&ci, "SELECT * FROM nowhere", &[]);
-    let list = cli(&gw, gw.token("alice"), &["sessions", "list", "--json"]);
+    let list = gw.cli(gw.token("alice"), &["sessions", "list", "--json"]);
     let api_text = String::from_utf8_lossy(&list.stdout).to_string();
     assert!(!api_text.contains(&password));
     let files = walk(gw.data_dir());

@@ -14,7 +14,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use rand::RngCore;
@@ -74,30 +74,10 @@ async fn connect(gw: &Gateway, identity: &str, connection: &str) -> tokio_postgr
         .unwrap_or_else(|e| panic!("connect through the gateway: {e}\n{}", gw.stderr_contents()))
 }
 
-/// Runs the operator CLI against the gateway's API.
-fn cli(gw: &Gateway, token: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(args)
-        .env("AIRLOCK_URL", gw.api_url())
-        .env("AIRLOCK_TOKEN", token)
-        .output()
-        .expect("run airlock CLI")
-}
-
-fn cli_json(gw: &Gateway, args: &[&str]) -> Value {
-    let out = cli(gw, gw.token("alice"), args);
-    assert!(
-        out.status.success(),
-        "airlock {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
-}
-
 /// The recorded sessions of `identity` on `connection`, as the CLI's
 /// `sessions list --json` gives them.
 fn sessions_of(gw: &Gateway, identity: &str, connection: &str) -> Vec<Value> {
-    let list = cli_json(gw, &["sessions", "list", "--json"]);
+    let list = gw.cli_json(&["sessions", "list", "--json"]);
     list.as_array()
         .or_else(|| list["sessions"].as_array())
         .unwrap_or_else(|| panic!("a list of sessions: {list}"))
@@ -122,7 +102,7 @@ fn only_session(gw: &Gateway, identity: &str, connection: &str) -> Value {
 /// `commands` joined with their results, and every other `events`.
 fn timeline(gw: &Gateway, session: &Value) -> Value {
     let id = session["id"].as_str().expect("a session id");
-    cli_json(gw, &["sessions", "show", id, "--json"])
+    gw.cli_json(&["sessions", "show", id, "--json"])
 }
 
 fn commands(timeline: &Value) -> &Vec<Value> {
@@ -141,80 +121,6 @@ fn unjoined_results(timeline: &Value) -> Vec<Value> {
         .filter(|e| e["kind"] == "command_result")
         .cloned()
         .collect()
-}
-
-/// Reads one backend message: its type byte and body.
-fn read_message(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).expect("message header");
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body).expect("message body");
-    (head[0], body)
-}
-
-/// Protocol 3.0 StartupMessage with `params`.
-fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend_from_slice(&body);
-    msg
-}
-
-/// A typed frontend message (`tag`, length, body).
-fn frontend_message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut msg = vec![tag];
-    msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(body);
-    msg
-}
-
-/// `GET path` over HTTP/1.0 (the server closes after the answer), without
-/// any credentials. Returns the status code and the body.
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the API listener");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the HTTP response");
-    let text = String::from_utf8(raw).expect("a UTF-8 HTTP response");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("an HTTP response: {text:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("an HTTP status line: {head:?}"));
-    (status, body.to_owned())
-}
-
-/// The value of the sample `name` whose labels include `labels`, from a
-/// Prometheus text exposition.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            let matches = series_name == name
-                && labels.iter().all(|(k, v)| {
-                    let wanted = format!("{k}=\"{v}\"");
-                    label_text.split(',').any(|kv| kv == wanted)
-                });
-            if matches { value.parse().ok() } else { None }
-        })
 }
 
 /// `\lo_import` and `\lo_export` run lo_creat/lo_open/lowrite/loread/
@@ -422,7 +328,7 @@ fn a_portal_fetched_in_steps_is_one_command_with_all_its_rows() {
         "every result belongs to its command: {t}"
     );
     let id = session["id"].as_str().unwrap();
-    let out = cli(gw, gw.token("alice"), &["sessions", "show", id]);
+    let out = gw.cli(gw.token("alice"), &["sessions", "show", id]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("10 rows in 5 fetches"), "{text}");
 }
@@ -519,8 +425,11 @@ fn gssenc_request_is_declined_and_the_startup_goes_on() {
     s.read_exact(&mut reply).expect("a one-byte answer");
     assert_eq!(reply[0], b'N', "GSS encryption is declined");
 
-    s.write_all(&startup_message(&[("user", "alice"), ("database", "lab")]))
-        .unwrap();
+    s.write_all(&startup_packet(
+        PROTOCOL_3_0,
+        &[("user", "alice"), ("database", "lab")],
+    ))
+    .unwrap();
     let (tag, body) = read_message(&mut s);
     assert_eq!(
         (tag, body.as_slice()),

@@ -797,6 +797,29 @@ impl Gateway {
         )
     }
 
+    /// Runs the operator CLI (`airlock ARGS...`) against this gateway's API
+    /// with `token`.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .env("AIRLOCK_URL", self.api_url())
+            .env("AIRLOCK_TOKEN", token)
+            .output()
+            .expect("run airlock CLI")
+    }
+
+    /// The CLI's `--json` output for `args`, run as `alice` (an admin in the
+    /// harness's config); fails the test if the command fails.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(self.token("alice"), args);
+        assert!(
+            out.status.success(),
+            "airlock {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
+    }
+
     /// `psql -c SQL` as `identity` to `connection` through the gateway.
     pub fn psql(&self, identity: &str, connection: &str, sql: &str) -> super::client::Output {
         super::client::psql(&self.conninfo(identity, connection), sql, &[])

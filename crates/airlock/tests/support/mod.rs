@@ -28,6 +28,7 @@ pub mod client;
 pub mod gateway;
 pub mod pg;
 pub mod util;
+pub mod wire;
 
 pub use client::{
     Output, psql, psql_command, psql_path, psql_script, psql_spawn, python, python_env,
@@ -42,6 +43,7 @@ pub use pg::{
     TRUST_USER, TlsFiles, generate_tls, pg_bindir, quote_ident, quote_literal,
 };
 pub use util::{INSTALL_HINT, free_port, random_hex, wait_until, workspace_root};
+pub use wire::{PROTOCOL_3_0, frontend_message, http_get, read_message, sample, startup_packet};
 
 /// The example airlock config (`GatewayConfig::new(&cluster)` renders it),
 /// with `{data_dir}` and `{port}` placeholders, for documentation and for
