@@ -528,8 +528,8 @@ fn raw_select_1(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// libpq 18 can ask for protocol 3.2 and protocol options (`_pq_.*`); like
-/// PostgreSQL, Airlock answers NegotiateProtocolVersion (newest minor 0,
-/// the options it does not know) and the session goes on in 3.0.
+/// PostgreSQL, Airlock answers NegotiateProtocolVersion (version 3.0, the
+/// options it does not know) and the session goes on in 3.0.
 #[test]
 fn a_newer_protocol_minor_is_negotiated_down_to_3_0() {
     let (_pg, gw) = lab();
@@ -547,7 +547,8 @@ fn a_newer_protocol_minor_is_negotiated_down_to_3_0() {
     .unwrap();
     let (tag, body) = read_message(&mut s);
     assert_eq!(tag, b'v', "NegotiateProtocolVersion first");
-    let mut expected = 0i32.to_be_bytes().to_vec();
+    // The version it will speak, whole (libpq refuses anything below 3.0).
+    let mut expected = PROTOCOL_3_0.to_be_bytes().to_vec();
     expected.extend_from_slice(&1i32.to_be_bytes());
     expected.extend_from_slice(b"_pq_.made_up\0");
     assert_eq!(body, expected);
@@ -588,12 +589,12 @@ fn a_client_that_does_not_log_in_in_time_is_disconnected() {
     let gw = Gateway::start(
         GatewayConfig::new(&pg)
             .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
-            .extra_toml("[postgres]\nlogin_timeout = \"1s\""),
+            .extra_toml("[postgres]\nlogin_timeout = \"3s\""),
     );
     let mut bystander = raw_login(&gw);
     let stall = |first: &[u8]| {
         let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
-        // Only a guard against a hang: the gateway closes it after 1 s.
+        // Only a guard against a hang: the gateway closes it after 3 s.
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         s.write_all(first).unwrap();
         s
@@ -1021,9 +1022,23 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         .unwrap_or_else(|| panic!("`prlimit` not found (apt-get install util-linux)"));
     let pg = PgCluster::start();
     pg.create_database("lab", SCRAM_USER);
+    // The gateway's hard limit: 4096, or this machine's if lower.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(4096)
+        .min(4096);
+    assert!(
+        hard > 256,
+        "this test needs a hard open-files limit above 256, not {hard}"
+    );
+    let nofile = format!("--nofile=256:{hard}");
     let gw = Gateway::start_with_program(
         &prlimit,
-        &["--nofile=256:4096", "--", env!("CARGO_BIN_EXE_airlock")],
+        &[&nofile, "--", env!("CARGO_BIN_EXE_airlock")],
         GatewayConfig::new(&pg)
             .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"])),
     );
@@ -1034,7 +1049,8 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         .find(|l| l.starts_with("Max open files"))
         .unwrap_or_else(|| panic!("{limits}"));
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
-    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    let hard = hard.to_string();
+    assert_eq!(numbers, [hard.as_str(), hard.as_str()], "{open_files}");
     assert_eq!(
         gw.psql("alice", "lab", "SELECT 1").expect_success().trim(),
         "1"

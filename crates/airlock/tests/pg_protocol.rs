@@ -39,6 +39,11 @@ struct Lab {
 }
 
 fn lab() -> Lab {
+    lab_with("")
+}
+
+/// [`lab`] with more TOML for the gateway's config.
+fn lab_with(extra_toml: &str) -> Lab {
     let pg = PgCluster::start();
     pg.create_database("lab", SCRAM_USER);
     let policy_dir = tempfile::tempdir().expect("create policy dir");
@@ -59,7 +64,8 @@ fn lab() -> Lab {
             .extra_toml(&format!(
                 "[policy]\nfile = {}\n[approvals]\nenabled = false",
                 toml_string(policy.to_string_lossy())
-            )),
+            ))
+            .extra_toml(extra_toml),
     );
     Lab {
         pg,
@@ -243,6 +249,45 @@ fn large_objects_cross_as_function_calls_and_every_call_is_recorded() {
         written == hex,
         "the recorded lowrite arguments are the file"
     );
+}
+
+/// On a masked connection the binary arguments of a fast-path call (hex
+/// to a detector, so unmaskable) are recorded by size only: a file of
+/// e-mail addresses written through `\lo_import` leaves no address in the
+/// recording.
+#[test]
+fn binary_function_call_arguments_are_not_recorded_on_a_masked_connection() {
+    let lab = lab_with(
+        "[[masking]]\nname = \"mails\"\nconnections = [\"lab\"]\ndetectors = [\"email\"]\nstrategy = \"redact\"",
+    );
+    let gw = &lab.gw;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mails.txt");
+    std::fs::write(&file, "jane.roe@example.com\n".repeat(100)).unwrap();
+    let out = psql(
+        &gw.conninfo("probe", "lab"),
+        &format!("\\lo_import '{}'", file.display()),
+        &[],
+    );
+    assert!(out.expect_success().starts_with("lo_import "), "{out:?}");
+    let t = timeline(gw, &only_session(gw, "probe", "lab"));
+    let text = t.to_string();
+    let hex: String = b"jane.roe".iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !text.contains(&hex),
+        "the data went into the recording: {text}"
+    );
+    assert!(!text.contains("jane.roe"), "{text}");
+    let by_size = commands(&t)
+        .iter()
+        .filter(|c| c["via"] == "functioncall")
+        .flat_map(|c| c["params"].as_array().cloned().unwrap_or_default())
+        .filter(|p| {
+            p.as_str()
+                .is_some_and(|p| p.ends_with("not recorded: masked connection>"))
+        })
+        .count();
+    assert!(by_size > 0, "binary arguments recorded by size: {text}");
 }
 
 /// A NoticeResponse raised upstream reaches the client, and the statement

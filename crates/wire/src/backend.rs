@@ -411,6 +411,25 @@ impl<'a> ErrorResponse<'a> {
     }
 }
 
+/// The raw bytes of the first field `code` of an ErrorResponse or
+/// NoticeResponse body, without requiring UTF-8: the server writes messages
+/// in the client's encoding (a LATIN1 client gets LATIN1 text), while the
+/// SQLSTATE is always ASCII. `None` if absent or the body is malformed.
+pub fn raw_error_field(body: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    loop {
+        let (&c, tail) = rest.split_first()?;
+        if c == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if c == code {
+            return Some(&tail[..end]);
+        }
+        rest = &tail[end + 1..];
+    }
+}
+
 /// CopyInResponse, CopyOutResponse and CopyBothResponse share this shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyResponse {
@@ -710,6 +729,22 @@ mod tests {
         for (tag, expected) in cases {
             assert_eq!(rows_affected(tag), expected, "{tag}");
         }
+    }
+
+    #[test]
+    fn raw_error_fields_need_no_utf8() {
+        // LATIN1 »airlock_denied« (0xBB ... 0xAB), as a German server writes
+        // it for a LATIN1 client.
+        let body = b"SERROR\0C42601\0MSyntaxfehler bei \xbbairlock_denied\xab\0\0";
+        assert!(ErrorResponse::decode(body).is_err(), "not UTF-8");
+        assert_eq!(raw_error_field(body, field::CODE), Some(&b"42601"[..]));
+        assert_eq!(
+            raw_error_field(body, field::MESSAGE),
+            Some(&b"Syntaxfehler bei \xbbairlock_denied\xab"[..])
+        );
+        assert_eq!(raw_error_field(body, field::DETAIL), None);
+        assert_eq!(raw_error_field(b"C42601", field::CODE), None, "no NUL");
+        assert_eq!(raw_error_field(b"", field::CODE), None);
     }
 
     #[test]

@@ -222,12 +222,13 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
     finish(buf, at);
 }
 
-/// NegotiateProtocolVersion: the newest minor version of protocol 3 the
-/// server speaks, and the `_pq_.` options of the startup packet it does not
-/// know.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: i32, unrecognized: &[&str]) {
+/// NegotiateProtocolVersion: the protocol version the server will speak
+/// (the whole number, e.g. `3 << 16` for 3.0: the documentation says "newest
+/// minor version", but PostgreSQL sends, and libpq expects, the full
+/// version), and the `_pq_.` options of the startup packet it does not know.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, version: i32, unrecognized: &[&str]) {
     let at = begin(buf, be::NEGOTIATE_PROTOCOL_VERSION);
-    buf.put_i32(newest_minor);
+    buf.put_i32(version);
     buf.put_i32(i32::try_from(unrecognized.len()).unwrap_or(i32::MAX));
     for option in unrecognized {
         put_cstr(buf, option.as_bytes());
@@ -464,8 +465,8 @@ mod tests {
         data_row(&mut b, [Some(&b"ab"[..]), None]);
         assert_eq!(b.as_ref(), b"D\0\0\0\x10\0\x02\0\0\0\x02ab\xff\xff\xff\xff");
         b.clear();
-        negotiate_protocol_version(&mut b, 0, &["_pq_.x"]);
-        assert_eq!(b.as_ref(), b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0");
+        negotiate_protocol_version(&mut b, 3 << 16, &["_pq_.x"]);
+        assert_eq!(b.as_ref(), b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
     }
 
     #[test]

@@ -22,11 +22,13 @@ use airlock_pipeline::pipeline::{
     Admission, CommandOutcome, ConnectRefusal, ConnectRequest, Session, SessionTotals,
 };
 use airlock_pipeline::record::MaskCount;
-use airlock_wire::backend::{self, ErrorResponse};
+use airlock_wire::backend::{self, ErrorResponse, raw_error_field};
 use airlock_wire::build::{self, ErrorFields};
 use airlock_wire::frame::split_frame;
 use airlock_wire::frontend;
-use airlock_wire::startup::{PROTOCOL_OPTION_PREFIX, StartupMessage, split_startup};
+use airlock_wire::startup::{
+    PROTOCOL_OPTION_PREFIX, PROTOCOL_VERSION_3_0, StartupMessage, split_startup,
+};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -103,8 +105,13 @@ fn fatal(code: &str, message: &str) -> BytesMut {
 /// replaced with: its syntax error (42601) names the token. The message is
 /// translated under other `lc_messages` (German quotes it as
 /// `»airlock_denied«`), so only the token itself is looked for.
-fn is_stand_in_error(e: &ErrorResponse<'_>) -> bool {
-    e.code() == Some("42601") && e.message().is_some_and(|m| m.contains(DENY_SQL))
+/// Reads the raw fields: the message is in the client's encoding, which
+/// need not be UTF-8.
+fn is_stand_in_error(body: &[u8]) -> bool {
+    let token = DENY_SQL.as_bytes();
+    raw_error_field(body, backend::field::CODE) == Some(b"42601")
+        && raw_error_field(body, backend::field::MESSAGE)
+            .is_some_and(|m| m.windows(token.len()).any(|w| w == token))
 }
 
 async fn send_fatal<S: AsyncWrite + Unpin + ?Sized>(
@@ -130,6 +137,25 @@ async fn read_startup<S: AsyncRead + Unpin + ?Sized>(
             Ok(_) => {}
         }
     }
+}
+
+/// How long forwarding a client's CancelRequest may take (the connect to
+/// the upstream, mostly).
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Forwards a CancelRequest in its own task, so neither the client's
+/// connection (closed at once, as PostgreSQL does) nor its login timeout
+/// holds it.
+fn forward_cancel(adapter: &Arc<PgAdapter>, pid: i32, secret: i32) {
+    let cancels = adapter.cancels.clone();
+    tokio::spawn(async move {
+        if tokio::time::timeout(CANCEL_TIMEOUT, cancels.cancel(pid, secret))
+            .await
+            .is_err()
+        {
+            tracing::warn!("forwarding a cancel request to the upstream timed out");
+        }
+    });
 }
 
 /// The startup phase up to the password: TLS, startup parameters, protocol
@@ -186,7 +212,7 @@ async fn login(
                     }
                     // libpq 17+ sends its CancelRequest over TLS too.
                     StartupMessage::CancelRequest { pid, secret } => {
-                        adapter.cancels.cancel(pid, secret).await;
+                        forward_cancel(adapter, pid, secret);
                         return Ok(None);
                     }
                     _ => {
@@ -203,7 +229,7 @@ async fn login(
                 tcp.write_all(b"N").await?;
             }
             StartupMessage::CancelRequest { pid, secret } => {
-                adapter.cancels.cancel(pid, secret).await;
+                forward_cancel(adapter, pid, secret);
                 return Ok(None);
             }
             StartupMessage::Startup { version, params } => {
@@ -259,7 +285,7 @@ async fn login(
         .filter(|k| k.starts_with(PROTOCOL_OPTION_PREFIX))
         .collect();
     if minor > 0 || !options.is_empty() {
-        build::negotiate_protocol_version(&mut out, 0, &options);
+        build::negotiate_protocol_version(&mut out, PROTOCOL_VERSION_3_0, &options);
     }
     // Ask for the token as a cleartext password (safe: TLS or loopback).
     build::auth_cleartext_password(&mut out);
@@ -320,12 +346,18 @@ async fn startup(
     // anyone is authenticated. Like PostgreSQL's authentication_timeout,
     // the connection is closed without a message.
     let timeout = adapter.settings.login_timeout;
-    let login = match tokio::time::timeout(timeout, login(adapter, tcp, peer)).await {
-        Ok(login) => match login? {
+    let deadline = tokio::time::sleep(timeout);
+    let logging_in = login(adapter, tcp, peer);
+    tokio::pin!(deadline, logging_in);
+    let login = tokio::select! {
+        login = &mut logging_in => match login? {
             Some(login) => login,
             None => return Ok(()),
         },
-        Err(_) => {
+        // Counted before the connection closes (`logging_in` owns it and
+        // is dropped on return), so a client that sees the close can rely
+        // on the metric.
+        () = &mut deadline => {
             tracing::info!(client = %peer, timeout = ?timeout, "client did not log in within login_timeout; connection closed");
             adapter.meters.login_timeouts.increment(1);
             return Ok(());
@@ -788,14 +820,25 @@ impl ClientHalf {
             }
             tag::FUNCTION_CALL => {
                 let f = frontend::FunctionCall::decode(frame.body()).map_err(bad)?;
-                // The arguments are recorded like bind parameters (binary
-                // ones as `\x` hex: their types are not on the wire).
+                // The arguments are recorded like bind parameters. Binary
+                // ones (libpq sends them all so) become `\x` hex, as their
+                // types are not on the wire; hex cannot be masked, so on a
+                // masked connection only their size is recorded.
+                let masked = self.session.masker().is_some();
                 let params = f
                     .args
                     .iter()
                     .enumerate()
                     .map(|(i, a)| {
-                        a.map(|v| frontend::render_param(Some(v), f.arg_format(i)).into_owned())
+                        a.map(|v| match f.arg_format(i) {
+                            airlock_wire::FORMAT_BINARY if masked => {
+                                format!(
+                                    "<{} bytes, binary, not recorded: masked connection>",
+                                    v.len()
+                                )
+                            }
+                            format => frontend::render_param(Some(v), format).into_owned(),
+                        })
                     })
                     .collect();
                 let input = CommandInput {
@@ -1402,10 +1445,7 @@ impl ServerHalf {
                 let mut keep = true;
                 let mut stand_in = false;
                 if let Some(p) = self.tracker.head() {
-                    let fields = ErrorResponse::decode(body).ok();
-                    let message = fields.as_ref().and_then(|f| f.message());
-                    stand_in =
-                        p.replacement.is_some() && fields.as_ref().is_some_and(is_stand_in_error);
+                    stand_in = p.replacement.is_some() && is_stand_in_error(body);
                     if stand_in {
                         if let Some(rep) = p.replacement.take() {
                             let ours = rep.get(5..).and_then(|b| ErrorResponse::decode(b).ok());
@@ -1421,8 +1461,14 @@ impl ServerHalf {
                             keep = false;
                         }
                     } else if p.error_code.is_none() {
-                        p.error_code = fields.as_ref().and_then(|f| f.code()).map(str::to_string);
-                        p.error_message = message.map(str::to_string);
+                        // Raw fields: a message in a non-UTF-8 client
+                        // encoding still leaves its SQLSTATE recorded.
+                        let field = |code| {
+                            raw_error_field(body, code)
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                        };
+                        p.error_code = field(backend::field::CODE);
+                        p.error_message = field(backend::field::MESSAGE);
                     }
                 }
                 if let Some(m) = self.mask.as_mut() {
@@ -1670,14 +1716,18 @@ mod tests {
             "Syntaxfehler bei »airlock_denied«",
             "erreur de syntaxe sur ou près de « airlock_denied »",
         ] {
-            let b = error("42601", message);
-            let e = ErrorResponse::decode(&b[5..]).unwrap();
-            assert!(is_stand_in_error(&e), "{message}");
+            assert!(
+                is_stand_in_error(&error("42601", message)[5..]),
+                "{message}"
+            );
         }
+        // In a LATIN1 client encoding the German quotes are not UTF-8.
+        let latin1 = b"SERROR\0C42601\0MSyntaxfehler bei \xbbairlock_denied\xab\0\0";
+        assert!(is_stand_in_error(latin1));
         // Another error of the same batch is the upstream's own.
         let b = error("42P01", "relation \"airlock_denied\" does not exist");
-        assert!(!is_stand_in_error(&ErrorResponse::decode(&b[5..]).unwrap()));
+        assert!(!is_stand_in_error(&b[5..]));
         let b = error("42601", "syntax error at or near \"SELEC\"");
-        assert!(!is_stand_in_error(&ErrorResponse::decode(&b[5..]).unwrap()));
+        assert!(!is_stand_in_error(&b[5..]));
     }
 }
