@@ -467,66 +467,6 @@ fn wrong_token_unknown_connection_and_upstream_down() {
     );
 }
 
-/// Sends alice's token as a PasswordMessage and returns every message up
-/// to ReadyForQuery, failing on an ErrorResponse.
-fn send_token(gw: &Gateway, s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
-    let token = gw.token("alice");
-    let mut pw = vec![b'p'];
-    pw.extend_from_slice(&((token.len() + 5) as i32).to_be_bytes());
-    pw.extend_from_slice(token.as_bytes());
-    pw.push(0);
-    s.write_all(&pw).unwrap();
-    let mut got = Vec::new();
-    loop {
-        let (tag, body) = read_message(s);
-        assert_ne!(
-            tag,
-            b'E',
-            "login failed: {}",
-            String::from_utf8_lossy(&body)
-        );
-        got.push((tag, body));
-        if tag == b'Z' {
-            return got;
-        }
-    }
-}
-
-/// Asks for a cleartext password: AuthenticationCleartextPassword.
-fn is_password_request((tag, body): &(u8, Vec<u8>)) -> bool {
-    *tag == b'R' && body.as_slice() == [0, 0, 0, 3]
-}
-
-fn raw_login(gw: &Gateway) -> TcpStream {
-    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&startup_packet(
-        PROTOCOL_3_0,
-        &[("user", "alice"), ("database", "lab")],
-    ))
-    .unwrap();
-    assert!(is_password_request(&read_message(&mut s)));
-    send_token(gw, &mut s);
-    s
-}
-
-/// Runs `SELECT 1` on a raw session and returns the message tags.
-fn raw_select_1(s: &mut TcpStream) -> Vec<u8> {
-    let mut q = vec![b'Q'];
-    let sql = b"SELECT 1\0";
-    q.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
-    q.extend_from_slice(sql);
-    s.write_all(&q).unwrap();
-    let mut tags = Vec::new();
-    loop {
-        let (tag, _) = read_message(s);
-        tags.push(tag);
-        if tag == b'Z' {
-            return tags;
-        }
-    }
-}
-
 /// libpq 18 can ask for protocol 3.2 and protocol options (`_pq_.*`); like
 /// PostgreSQL, Airlock answers NegotiateProtocolVersion (version 3.0, the
 /// options it does not know) and the session goes on in 3.0.
@@ -553,7 +493,7 @@ fn a_newer_protocol_minor_is_negotiated_down_to_3_0() {
     expected.extend_from_slice(b"_pq_.made_up\0");
     assert_eq!(body, expected);
     assert!(is_password_request(&read_message(&mut s)));
-    let login = send_token(&gw, &mut s);
+    let login = send_token(&gw, "alice", &mut s);
     let key = login
         .iter()
         .find(|(tag, _)| *tag == b'K')
@@ -591,7 +531,7 @@ fn a_client_that_does_not_log_in_in_time_is_disconnected() {
             .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
             .extra_toml("[postgres]\nlogin_timeout = \"3s\""),
     );
-    let mut bystander = raw_login(&gw);
+    let mut bystander = raw_login(&gw, "alice", "lab");
     let stall = |first: &[u8]| {
         let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
         // Only a guard against a hang: the gateway closes it after 3 s.
@@ -648,7 +588,7 @@ fn malformed_startup_and_oversized_messages_close_only_that_session() {
             .extra_toml("[postgres]\nmax_message_bytes = 1048576"),
     );
     // A session that stays open throughout.
-    let mut bystander = raw_login(&gw);
+    let mut bystander = raw_login(&gw, "alice", "lab");
 
     // Startup length smaller than its own header.
     let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
@@ -666,7 +606,7 @@ fn malformed_startup_and_oversized_messages_close_only_that_session() {
     assert_eq!(tag, b'E');
 
     // After login: a Query whose length exceeds max_message_bytes.
-    let mut s = raw_login(&gw);
+    let mut s = raw_login(&gw, "alice", "lab");
     s.write_all(&[b'Q', 0x10, 0, 0, 0]).unwrap();
     let (tag, body) = read_message(&mut s);
     assert_eq!(tag, b'E');
@@ -676,7 +616,7 @@ fn malformed_startup_and_oversized_messages_close_only_that_session() {
     let _ = s.read_to_end(&mut rest);
 
     // An unknown message type.
-    let mut s = raw_login(&gw);
+    let mut s = raw_login(&gw, "alice", "lab");
     s.write_all(&[b'?', 0, 0, 0, 4]).unwrap();
     let (tag, _) = read_message(&mut s);
     assert_eq!(tag, b'E');

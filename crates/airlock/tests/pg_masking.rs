@@ -27,6 +27,11 @@ strategy = "redact"
 "#;
 
 fn setup(extra: &str) -> (PgCluster, Gateway) {
+    setup_masking(MASKING, extra)
+}
+
+/// [`setup`] with other masking rules than [`MASKING`].
+fn setup_masking(masking: &str, extra: &str) -> (PgCluster, Gateway) {
     let pg = PgCluster::start();
     pg.create_database("lab", SCRAM_USER);
     pg.psql_admin_db(
@@ -43,7 +48,7 @@ fn setup(extra: &str) -> (PgCluster, Gateway) {
         GatewayConfig::new(&pg)
             .identity("carol", "human", &["dba", "pii-readers"])
             .connection(ConnectionSpec::postgres("lab", &pg, "lab", SCRAM_USER).tags(&["dev"]))
-            .extra_toml(MASKING)
+            .extra_toml(masking)
             .extra_toml(extra),
     );
     (pg, gw)
@@ -294,5 +299,62 @@ fn an_alias_does_not_hide_a_masked_column() {
     assert_eq!(
         out.expect_success().trim(),
         "j****@*****.com|****-****-****-1111"
+    );
+}
+
+/// A portal's name can be given to other rows by SQL: `CLOSE c` then
+/// `DECLARE c CURSOR FOR SELECT email ...`, all in one batch after the
+/// client bound `c` to a harmless statement. An Execute of `c` then returns
+/// the cursor's rows without any RowDescription, so a masking plan taken
+/// from what was bound to `c` would let the e-mails through. The gateway
+/// describes the portal it executes, and masks by what it really returns.
+#[test]
+fn a_portal_name_taken_over_by_a_sql_cursor_is_masked_by_what_it_returns() {
+    use airlock_wire::build;
+    let (_pg, gw) = setup_masking(
+        "[[masking]]\nname = \"mails\"\nconnections = [\"lab\"]\ncolumns = [\"email\"]\nstrategy = \"redact\"",
+        "",
+    );
+    let mut s = raw_login(&gw, "alice", "lab");
+    let begun = exchange(&mut s, &query_message("BEGIN"));
+    assert_eq!(begun.last().map(|(_, b)| b.as_slice()), Some(&b"T"[..]));
+
+    let mut b = bytes::BytesMut::new();
+    build::parse(&mut b, "harmless", "SELECT 'x'::text AS harmless", &[]);
+    build::describe(&mut b, b'S', "harmless");
+    build::bind(&mut b, "c", "harmless", &[], [], &[]);
+    build::execute(&mut b, "c", 0);
+    for sql in [
+        "CLOSE c",
+        "DECLARE c CURSOR FOR SELECT email FROM customers WHERE id = 1",
+    ] {
+        build::parse(&mut b, "", sql, &[]);
+        build::bind(&mut b, "", "", &[], [], &[]);
+        build::execute(&mut b, "", 0);
+    }
+    build::execute(&mut b, "c", 0);
+    build::sync(&mut b);
+    let got = exchange(&mut s, &b);
+    let errors: Vec<String> = got
+        .iter()
+        .filter(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let rows: Vec<String> = got
+        .iter()
+        .filter(|(tag, _)| *tag == b'D')
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert_eq!(rows.len(), 2, "the harmless row and the cursor's: {rows:?}");
+    assert!(rows[0].contains('x'), "{rows:?}");
+    assert!(!rows[1].contains(RAW_EMAIL), "the e-mail leaked: {rows:?}");
+    // The client asked for no RowDescription and gets none (the gateway's
+    // own Describe of the portal is not passed on).
+    let tags: Vec<char> = got.iter().map(|(tag, _)| *tag as char).collect();
+    assert_eq!(
+        tags.iter().filter(|t| **t == 'T').count(),
+        1,
+        "only the described statement's RowDescription: {tags:?}"
     );
 }

@@ -484,6 +484,8 @@ async fn startup(
         tx,
         bytes: from_client.clone(),
         shutdown: shutdown.clone(),
+        described_portal: None,
+        describes_since_execute: 0,
     };
     let server = ServerHalf {
         session: session.clone(),
@@ -552,6 +554,12 @@ struct ClientHalf {
     /// whichever half finishes first.
     bytes: Arc<AtomicU64>,
     shutdown: watch::Receiver<bool>,
+    /// Masked sessions: the portal the client's previous message described
+    /// (its RowDescription is then the one the next Execute's rows follow).
+    described_portal: Option<String>,
+    /// Masked sessions: the client's Describes since the last Execute of
+    /// this batch, answered before a Describe the gateway adds.
+    describes_since_execute: u32,
 }
 
 /// Why the client half ends the session early.
@@ -675,6 +683,7 @@ impl ClientHalf {
         let bad = |e: airlock_wire::WireError| {
             ClientFault::Fatal("08P01", format!("airlock: invalid message: {e}"))
         };
+        let described_portal = self.described_portal.take();
         match frame.tag {
             tag::QUERY => {
                 let q = frontend::Query::decode(frame.body()).map_err(bad)?;
@@ -684,6 +693,7 @@ impl ClientHalf {
                     via: CommandVia::SimpleQuery,
                 };
                 let csv = self.is_csv_copy(&input.text);
+                self.describes_since_execute = 0;
                 let admission = self.admit(input, &frame.bytes, out, io).await?;
                 self.forward_or_refuse(
                     admission,
@@ -761,6 +771,7 @@ impl ClientHalf {
                 if let Some(seq) = resumed {
                     let mut p = Pending::new(seq, PendingKind::Execute, self.batch);
                     self.describe_result(&mut p, &portal_name);
+                    self.describe_portal(&mut p, &portal_name, described_portal, out);
                     self.queue(p);
                     out.extend_from_slice(&frame.bytes);
                     return Ok(true);
@@ -788,16 +799,23 @@ impl ClientHalf {
                 {
                     p.admitted = Some(*seq);
                 }
-                self.forward_or_refuse(
-                    admission,
-                    PendingKind::Execute,
-                    &frame.bytes,
-                    out,
-                    |p, me| {
-                        me.describe_result(p, &portal_name);
-                        p.copy_csv = csv;
-                    },
-                );
+                if let Admission::Forward { seq } = admission {
+                    let mut p = Pending::new(seq, PendingKind::Execute, self.batch);
+                    self.describe_result(&mut p, &portal_name);
+                    p.copy_csv = csv;
+                    self.describe_portal(&mut p, &portal_name, described_portal, out);
+                    self.queue(p);
+                    out.extend_from_slice(&frame.bytes);
+                } else {
+                    self.describes_since_execute = 0;
+                    self.forward_or_refuse(
+                        admission,
+                        PendingKind::Execute,
+                        &frame.bytes,
+                        out,
+                        |_, _| {},
+                    );
+                }
             }
             tag::CLOSE => {
                 let c = frontend::Close::decode(frame.body()).map_err(bad)?;
@@ -815,6 +833,7 @@ impl ClientHalf {
                 // Unnamed portals do not survive the end of an implicit
                 // transaction; drop ours so a stale one is never reused.
                 self.portals.remove("");
+                self.describes_since_execute = 0;
                 out.extend_from_slice(&frame.bytes);
                 self.batch += 1;
             }
@@ -862,6 +881,10 @@ impl ClientHalf {
             }
             tag::DESCRIBE => {
                 let d = frontend::Describe::decode(frame.body()).map_err(bad)?;
+                self.describes_since_execute = self.describes_since_execute.saturating_add(1);
+                if d.kind != frontend::TARGET_STATEMENT {
+                    self.described_portal = Some(d.name.to_string());
+                }
                 if d.kind == frontend::TARGET_STATEMENT {
                     let _ = self.tx.send(Ctl::Describe {
                         statement: d.name.to_string(),
@@ -976,6 +999,27 @@ impl ClientHalf {
             p.statement = Some(portal.statement.clone());
             p.result_formats = portal.result_formats.clone();
         }
+    }
+
+    /// Masked sessions: puts a Describe of `portal` before its Execute
+    /// unless the client's own message just before was one. What a portal
+    /// returns is not always what was bound to it: SQL can close it and
+    /// declare a cursor of the same name, whose rows an Execute then returns
+    /// without a RowDescription. The server half takes the plan from this
+    /// RowDescription and does not pass it on.
+    fn describe_portal(
+        &mut self,
+        p: &mut Pending,
+        portal: &str,
+        described: Option<String>,
+        out: &mut BytesMut,
+    ) {
+        let client_describes = std::mem::take(&mut self.describes_since_execute);
+        if self.session.masker().is_none() || described.as_deref() == Some(portal) {
+            return;
+        }
+        build::describe(out, frontend::TARGET_PORTAL, portal);
+        p.gateway_describe = Some(client_describes);
     }
 
     /// A CSV-format COPY is masked line-wise; only masked sessions care.
@@ -1327,6 +1371,26 @@ impl ServerHalf {
     /// Looks at one upstream message: pairs it with its command, masks it
     /// if needed. Returns true to send it as is; false to send what it wrote
     /// to `repl` instead (possibly nothing).
+    /// A RowDescription or NoData arrived: true if it answers the Describe
+    /// the gateway put before the current Execute (the client's own
+    /// Describes, sent earlier, are answered first).
+    fn gateway_describe_answered(&mut self) -> bool {
+        let Some(p) = self.tracker.head() else {
+            return false;
+        };
+        match p.gateway_describe {
+            Some(0) => {
+                p.gateway_describe = None;
+                true
+            }
+            Some(n) => {
+                p.gateway_describe = Some(n - 1);
+                false
+            }
+            None => false,
+        }
+    }
+
     fn observe(&mut self, frame: &[u8], repl: &mut BytesMut) -> bool {
         let tag = frame[0];
         let body = &frame[5..];
@@ -1344,6 +1408,7 @@ impl ServerHalf {
                 self.mask_copy(frame, repl)
             }
             backend::tag::ROW_DESCRIPTION => {
+                let ours = self.gateway_describe_answered();
                 if let Some(m) = self.mask.as_mut() {
                     let mut cols = masking::columns_from_row_description(frame).unwrap_or_default();
                     if m.needs_tables
@@ -1367,19 +1432,20 @@ impl ServerHalf {
                     match m.last_described.take() {
                         // Describe of a statement: remember its columns for
                         // Executes that come without a RowDescription.
-                        Some(name) => {
+                        Some(name) if !ours => {
                             m.statement_cols.insert(name, Arc::new(cols));
                         }
-                        None => m.plan = Some(m.masker.plan(&cols)),
+                        _ => m.plan = Some(m.masker.plan(&cols)),
                     }
                 }
-                true
+                !ours
             }
             backend::tag::NO_DATA => {
+                let ours = self.gateway_describe_answered();
                 if let Some(m) = self.mask.as_mut() {
                     m.last_described = None;
                 }
-                true
+                !ours
             }
             backend::tag::COPY_OUT_RESPONSE => {
                 let csv = self.tracker.head().is_some_and(|p| p.copy_csv);

@@ -46,6 +46,11 @@ pub struct Pending {
     pub result_formats: Vec<i16>,
     /// The command is a CSV-format COPY (masked line-wise).
     pub copy_csv: bool,
+    /// Masked sessions: the gateway sent its own Describe of the portal
+    /// before this Execute; the number is how many of the client's own
+    /// Describes are answered first. The gateway's RowDescription (or
+    /// NoData) is used for masking and not passed on.
+    pub gateway_describe: Option<u32>,
 }
 
 impl Pending {
@@ -63,6 +68,7 @@ impl Pending {
             statement: None,
             result_formats: Vec::new(),
             copy_csv: false,
+            gateway_describe: None,
         }
     }
 }

@@ -43,7 +43,10 @@ pub use pg::{
     TRUST_USER, TlsFiles, generate_tls, pg_bindir, quote_ident, quote_literal,
 };
 pub use util::{INSTALL_HINT, free_port, random_hex, wait_until, workspace_root};
-pub use wire::{PROTOCOL_3_0, frontend_message, http_get, read_message, sample, startup_packet};
+pub use wire::{
+    PROTOCOL_3_0, exchange, frontend_message, http_get, is_password_request, query_message,
+    raw_login, raw_select_1, read_message, sample, send_token, startup_packet,
+};
 
 /// The example airlock config (`GatewayConfig::new(&cluster)` renders it),
 /// with `{data_dir}` and `{port}` placeholders, for documentation and for

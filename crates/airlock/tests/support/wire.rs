@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use super::gateway::Gateway;
+
 /// Protocol version 3.0 as a StartupMessage carries it.
 pub const PROTOCOL_3_0: i32 = 3 << 16;
 
@@ -81,4 +83,77 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
                 });
             if matches { value.parse().ok() } else { None }
         })
+}
+
+/// Sends `identity`'s token as a PasswordMessage and returns every message
+/// up to ReadyForQuery, failing on an ErrorResponse.
+pub fn send_token(gw: &Gateway, identity: &str, s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    s.write_all(&frontend_message(b'p', &nul_terminated(gw.token(identity))))
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let (tag, body) = read_message(s);
+        assert_ne!(
+            tag,
+            b'E',
+            "login failed: {}",
+            String::from_utf8_lossy(&body)
+        );
+        got.push((tag, body));
+        if tag == b'Z' {
+            return got;
+        }
+    }
+}
+
+/// AuthenticationCleartextPassword: the gateway asks for the token.
+pub fn is_password_request((tag, body): &(u8, Vec<u8>)) -> bool {
+    *tag == b'R' && body.as_slice() == [0, 0, 0, 3]
+}
+
+/// A raw protocol 3.0 session of `identity` on `connection`, logged in and
+/// ready for a query.
+pub fn raw_login(gw: &Gateway, identity: &str, connection: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw.pg_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&startup_packet(
+        PROTOCOL_3_0,
+        &[("user", identity), ("database", connection)],
+    ))
+    .unwrap();
+    assert!(is_password_request(&read_message(&mut s)));
+    send_token(gw, identity, &mut s);
+    s
+}
+
+/// Sends `bytes` and reads every message up to ReadyForQuery.
+pub fn exchange(s: &mut TcpStream, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    s.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let (tag, body) = read_message(s);
+        got.push((tag, body));
+        if tag == b'Z' {
+            return got;
+        }
+    }
+}
+
+/// A simple Query message.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    frontend_message(b'Q', &nul_terminated(sql))
+}
+
+/// Runs `SELECT 1` on a raw session and returns the message tags.
+pub fn raw_select_1(s: &mut TcpStream) -> Vec<u8> {
+    exchange(s, &query_message("SELECT 1"))
+        .into_iter()
+        .map(|(tag, _)| tag)
+        .collect()
+}
+
+fn nul_terminated(text: &str) -> Vec<u8> {
+    let mut v = text.as_bytes().to_vec();
+    v.push(0);
+    v
 }
