@@ -16,6 +16,8 @@
 #                           "select-only" or "select-only/c16,tpcb/c1/simple";
 #                           a scenario runs if its name contains any filter
 #   BENCH_TARGETS=direct,airlock,pgbouncer
+#   BENCH_MASK_COLUMNS=     comma-separated column rules (e.g. "filler") for a
+#                           masked Airlock connection; default none (unmasked)
 #   BENCH_OUT=              markdown output (default bench/results/pgbench-<date>-sync-<mode>.md)
 #   AIRLOCK_BIN=            use this binary instead of `cargo build --release -p airlock`
 #   BENCH_KEEP=1            keep the temp dir (logs, configs) after the run
@@ -38,8 +40,10 @@ BENCH_SCALE="${BENCH_SCALE:-10}"
 BENCH_STORE_SYNC="${BENCH_STORE_SYNC:-full}"
 BENCH_SCENARIOS="${BENCH_SCENARIOS:-}"
 BENCH_TARGETS="${BENCH_TARGETS:-direct,airlock,pgbouncer}"
+BENCH_MASK_COLUMNS="${BENCH_MASK_COLUMNS:-}"
+MASK_DESC="${BENCH_MASK_COLUMNS:+column rules $BENCH_MASK_COLUMNS}"; MASK_DESC="${MASK_DESC:-off}"
 STAMP="$(date +%Y-%m-%d-%H%M%S)"
-BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC${BENCH_SESSION_THREADS:+-threads-$BENCH_SESSION_THREADS}.md}"
+BENCH_OUT="${BENCH_OUT:-$ROOT/bench/results/pgbench-$STAMP-sync-$BENCH_STORE_SYNC${BENCH_SESSION_THREADS:+-threads-$BENCH_SESSION_THREADS}${BENCH_MASK_COLUMNS:+-masked}.md}"
 
 case "$BENCH_STORE_SYNC" in full|normal) ;; *) die "BENCH_STORE_SYNC must be full or normal, not '$BENCH_STORE_SYNC'" ;; esac
 [[ "$BENCH_SECONDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
@@ -102,6 +106,13 @@ if has_target airlock; then
         airlock_config_head
         airlock_identity bencher human dba BENCHER_TOKEN
         airlock_connection bench bench BENCH_DB_PASSWORD bench
+        if [ -n "$BENCH_MASK_COLUMNS" ]; then
+            # A masked session: every result gets a masking plan (and every
+            # undescribed Execute a Describe of its portal), whether or not
+            # the named columns are in it.
+            printf '\n[[masking]]\nname = "bench"\nconnections = ["bench"]\ncolumns = [%s]\nstrategy = "redact"\n' \
+                "$(printf '"%s",' ${BENCH_MASK_COLUMNS//,/ } | sed 's/,$//')"
+        fi
     } >"$TMP/airlock.toml"
     start_airlock ${BENCH_SESSION_THREADS:+--session-threads "$BENCH_SESSION_THREADS"}
     say "Airlock ($AIRLOCK_READY), store sync=$BENCH_STORE_SYNC"
@@ -308,7 +319,7 @@ report_facts
 {
     echo "# pgbench: direct vs Airlock vs PgBouncer"
     echo
-    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); session threads: ${BENCH_SESSION_THREADS:-one per CPU}"
+    echo "- date: $(date -u +'%Y-%m-%d %H:%M UTC'); airlock $GIT_REV$GIT_DIRTY; store sync=\`$BENCH_STORE_SYNC\` (recording on); session threads: ${BENCH_SESSION_THREADS:-one per CPU}; masking: $MASK_DESC"
     echo "- machine: $(nproc) CPUs ($CPU_MODEL), kernel $(uname -r); pgbench, PostgreSQL, PgBouncer and Airlock share the machine"
     echo "- PostgreSQL $PG_VERSION (defaults, max_connections=200), PgBouncer $("$PGBOUNCER" --version | awk 'NR==1{print $2}') session mode, scale $BENCH_SCALE"
     echo "- each run: ${BENCH_WARMUP} s warm-up, then ${BENCH_SECONDS} s; \`-n\`; 16 clients use \`-j 2\`; TPS without initial connection time; latency = pgbench average per transaction (ms)"
