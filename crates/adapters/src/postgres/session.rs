@@ -104,9 +104,8 @@ fn fatal(code: &str, message: &str) -> BytesMut {
 /// The upstream's answer to the stand-in statement a refused command was
 /// replaced with: its syntax error (42601) names the token. The message is
 /// translated under other `lc_messages` (German quotes it as
-/// `»airlock_denied«`), so only the token itself is looked for.
-/// Reads the raw fields: the message is in the client's encoding, which
-/// need not be UTF-8.
+/// `»airlock_denied«`), so only the token itself is looked for, in the raw
+/// field: the message is in the client's encoding, which need not be UTF-8.
 fn is_stand_in_error(body: &[u8]) -> bool {
     let token = DENY_SQL.as_bytes();
     raw_error_field(body, backend::field::CODE) == Some(b"42601")
@@ -179,6 +178,7 @@ async fn login(
                 );
             }
         };
+        let minor = msg.minor_version().unwrap_or(0);
         match msg {
             StartupMessage::SslRequest => {
                 // Bytes after SSLRequest but before the handshake would be
@@ -206,9 +206,10 @@ async fn login(
                         .await);
                     }
                 };
+                let minor = msg.minor_version().unwrap_or(0);
                 match msg {
-                    StartupMessage::Startup { version, params } => {
-                        break (Box::new(tls_stream), true, version & 0xffff, params);
+                    StartupMessage::Startup { params, .. } => {
+                        break (Box::new(tls_stream), true, minor, params);
                     }
                     // libpq 17+ sends its CancelRequest over TLS too.
                     StartupMessage::CancelRequest { pid, secret } => {
@@ -232,8 +233,8 @@ async fn login(
                 forward_cancel(adapter, pid, secret);
                 return Ok(None);
             }
-            StartupMessage::Startup { version, params } => {
-                break (Box::new(tcp), false, version & 0xffff, params);
+            StartupMessage::Startup { params, .. } => {
+                break (Box::new(tcp), false, minor, params);
             }
         }
     };
@@ -672,6 +673,13 @@ impl ClientHalf {
         let _ = self.tx.send(Ctl::Pending(p));
     }
 
+    /// A Query, Sync or FunctionCall was forwarded: its ReadyForQuery closes
+    /// the batch, and the Describes counted in it are all answered.
+    fn end_batch(&mut self) {
+        self.batch += 1;
+        self.describes_since_execute = 0;
+    }
+
     /// Handles one client message. Ok(false) = the client terminated.
     async fn handle(
         &mut self,
@@ -693,16 +701,15 @@ impl ClientHalf {
                     via: CommandVia::SimpleQuery,
                 };
                 let csv = self.is_csv_copy(&input.text);
-                self.describes_since_execute = 0;
                 let admission = self.admit(input, &frame.bytes, out, io).await?;
                 self.forward_or_refuse(
                     admission,
                     PendingKind::Simple,
                     &frame.bytes,
                     out,
-                    |p, _| p.copy_csv = csv,
+                    |p, _, _| p.copy_csv = csv,
                 );
-                self.batch += 1;
+                self.end_batch();
             }
             tag::PARSE => {
                 let p = frontend::Parse::decode(frame.body()).map_err(bad)?;
@@ -767,13 +774,19 @@ impl ClientHalf {
             tag::EXECUTE => {
                 let e = frontend::Execute::decode(frame.body()).map_err(bad)?;
                 let portal_name = e.portal.to_string();
+                let client_describes = std::mem::take(&mut self.describes_since_execute);
+                let described = described_portal.as_deref() == Some(e.portal);
                 let resumed = self.portals.get(&portal_name).and_then(|p| p.admitted);
                 if let Some(seq) = resumed {
-                    let mut p = Pending::new(seq, PendingKind::Execute, self.batch);
-                    self.describe_result(&mut p, &portal_name);
-                    self.describe_portal(&mut p, &portal_name, described_portal, out);
-                    self.queue(p);
-                    out.extend_from_slice(&frame.bytes);
+                    self.forward_or_refuse(
+                        Admission::Forward { seq },
+                        PendingKind::Execute,
+                        &frame.bytes,
+                        out,
+                        |p, me, out| {
+                            me.describe_result(p, &portal_name, described, client_describes, out)
+                        },
+                    );
                     return Ok(true);
                 }
                 let input = match self.portals.get(&portal_name) {
@@ -799,23 +812,16 @@ impl ClientHalf {
                 {
                     p.admitted = Some(*seq);
                 }
-                if let Admission::Forward { seq } = admission {
-                    let mut p = Pending::new(seq, PendingKind::Execute, self.batch);
-                    self.describe_result(&mut p, &portal_name);
-                    p.copy_csv = csv;
-                    self.describe_portal(&mut p, &portal_name, described_portal, out);
-                    self.queue(p);
-                    out.extend_from_slice(&frame.bytes);
-                } else {
-                    self.describes_since_execute = 0;
-                    self.forward_or_refuse(
-                        admission,
-                        PendingKind::Execute,
-                        &frame.bytes,
-                        out,
-                        |_, _| {},
-                    );
-                }
+                self.forward_or_refuse(
+                    admission,
+                    PendingKind::Execute,
+                    &frame.bytes,
+                    out,
+                    |p, me, out| {
+                        me.describe_result(p, &portal_name, described, client_describes, out);
+                        p.copy_csv = csv;
+                    },
+                );
             }
             tag::CLOSE => {
                 let c = frontend::Close::decode(frame.body()).map_err(bad)?;
@@ -833,9 +839,8 @@ impl ClientHalf {
                 // Unnamed portals do not survive the end of an implicit
                 // transaction; drop ours so a stale one is never reused.
                 self.portals.remove("");
-                self.describes_since_execute = 0;
                 out.extend_from_slice(&frame.bytes);
-                self.batch += 1;
+                self.end_batch();
             }
             tag::FUNCTION_CALL => {
                 let f = frontend::FunctionCall::decode(frame.body()).map_err(bad)?;
@@ -871,9 +876,9 @@ impl ClientHalf {
                     PendingKind::FunctionCall,
                     &frame.bytes,
                     out,
-                    |_, _| {},
+                    |_, _, _| {},
                 );
-                self.batch += 1;
+                self.end_batch();
             }
             tag::TERMINATE => {
                 out.extend_from_slice(&frame.bytes);
@@ -882,14 +887,13 @@ impl ClientHalf {
             tag::DESCRIBE => {
                 let d = frontend::Describe::decode(frame.body()).map_err(bad)?;
                 self.describes_since_execute = self.describes_since_execute.saturating_add(1);
-                if d.kind != frontend::TARGET_STATEMENT {
-                    self.described_portal = Some(d.name.to_string());
-                }
                 if d.kind == frontend::TARGET_STATEMENT {
                     let _ = self.tx.send(Ctl::Describe {
                         statement: d.name.to_string(),
                         batch: self.batch,
                     });
+                } else {
+                    self.described_portal = Some(d.name.to_string());
                 }
                 out.extend_from_slice(&frame.bytes);
             }
@@ -990,36 +994,34 @@ impl ClientHalf {
         }
     }
 
-    /// For masked sessions: which statement's columns and which result
-    /// formats this Execute's rows will have.
-    fn describe_result(&self, p: &mut Pending, portal: &str) {
-        if self.session.masker().is_some()
-            && let Some(portal) = self.portals.get(portal)
-        {
-            p.statement = Some(portal.statement.clone());
-            p.result_formats = portal.result_formats.clone();
-        }
-    }
-
-    /// Masked sessions: puts a Describe of `portal` before its Execute
-    /// unless the client's own message just before was one. What a portal
-    /// returns is not always what was bound to it: SQL can close it and
-    /// declare a cursor of the same name, whose rows an Execute then returns
-    /// without a RowDescription. The server half takes the plan from this
-    /// RowDescription and does not pass it on.
-    fn describe_portal(
-        &mut self,
+    /// For masked sessions: what this Execute's rows will look like. The
+    /// statement bound to the portal and Bind's result formats are kept as
+    /// a fallback; unless the client's own message just before was a
+    /// Describe of this portal (`described`), a Describe of it goes before
+    /// the Execute, because what a portal returns is not always what was
+    /// bound to it (SQL can close it and declare a cursor of the same name,
+    /// whose rows an Execute then returns without a RowDescription). The
+    /// server half takes the plan from that RowDescription and does not pass
+    /// it on; `client_describes` of the client's own are answered first.
+    fn describe_result(
+        &self,
         p: &mut Pending,
         portal: &str,
-        described: Option<String>,
+        described: bool,
+        client_describes: u32,
         out: &mut BytesMut,
     ) {
-        let client_describes = std::mem::take(&mut self.describes_since_execute);
-        if self.session.masker().is_none() || described.as_deref() == Some(portal) {
+        if self.session.masker().is_none() {
             return;
         }
-        build::describe(out, frontend::TARGET_PORTAL, portal);
-        p.gateway_describe = Some(client_describes);
+        if let Some(bound) = self.portals.get(portal) {
+            p.statement = Some(bound.statement.clone());
+            p.result_formats = bound.result_formats.clone();
+        }
+        if !described {
+            build::describe(out, frontend::TARGET_PORTAL, portal);
+            p.gateway_describe = Some(client_describes);
+        }
     }
 
     /// A CSV-format COPY is masked line-wise; only masked sessions care.
@@ -1028,19 +1030,20 @@ impl ClientHalf {
     }
 
     /// Forwards the client's message, or its stand-in if refused. `shape`
-    /// adds what the server half needs to know about the result.
+    /// adds what the server half needs to know about the result (and may
+    /// put a message of the gateway's own before it in `out`).
     fn forward_or_refuse(
         &mut self,
         admission: Admission,
         kind: PendingKind,
         original: &Bytes,
         out: &mut BytesMut,
-        shape: impl FnOnce(&mut Pending, &Self),
+        shape: impl FnOnce(&mut Pending, &Self, &mut BytesMut),
     ) {
         match admission {
             Admission::Forward { seq } => {
                 let mut p = Pending::new(seq, kind, self.batch);
-                shape(&mut p, self);
+                shape(&mut p, self, out);
                 self.queue(p);
                 out.extend_from_slice(original);
             }
@@ -1368,9 +1371,6 @@ impl ServerHalf {
         }))
     }
 
-    /// Looks at one upstream message: pairs it with its command, masks it
-    /// if needed. Returns true to send it as is; false to send what it wrote
-    /// to `repl` instead (possibly nothing).
     /// A RowDescription or NoData arrived: true if it answers the Describe
     /// the gateway put before the current Execute (the client's own
     /// Describes, sent earlier, are answered first).
@@ -1391,6 +1391,9 @@ impl ServerHalf {
         }
     }
 
+    /// Looks at one upstream message: pairs it with its command, masks it
+    /// if needed. Returns true to send it as is; false to send what it wrote
+    /// to `repl` instead (possibly nothing).
     fn observe(&mut self, frame: &[u8], repl: &mut BytesMut) -> bool {
         let tag = frame[0];
         let body = &frame[5..];
