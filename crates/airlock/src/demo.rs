@@ -136,7 +136,13 @@ impl Drop for Cluster {
     }
 }
 
-fn start_cluster(port: u16, keep: bool) -> anyhow::Result<(Cluster, String)> {
+/// Attempts to start PostgreSQL, each on a fresh free port, before giving up:
+/// a port found free can be taken by another process before PostgreSQL binds it.
+const PG_START_ATTEMPTS: usize = 5;
+
+/// Initialises, starts and seeds the throwaway cluster; returns it, the
+/// owner's password and the port it listens on.
+fn start_cluster(keep: bool) -> anyhow::Result<(Cluster, String, u16)> {
     let hint = "install PostgreSQL server binaries (Debian: apt-get install postgresql)";
     let initdb = find_pg_bin("initdb").with_context(|| format!("initdb not found; {hint}"))?;
     let pg_ctl = find_pg_bin("pg_ctl").with_context(|| format!("pg_ctl not found; {hint}"))?;
@@ -179,23 +185,38 @@ fn start_cluster(port: u16, keep: bool) -> anyhow::Result<(Cluster, String)> {
     ]);
     run_checked(c, "initdb")?;
 
-    let mut c = pg_command(&pg_ctl, as_postgres);
-    c.arg("-D")
-        .arg(&pgdata)
-        .arg("-l")
-        .arg(dir.join("postgres.log"))
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            dir.display()
-        ))
-        .args(["-w", "start"]);
-    run_checked(c, "pg_ctl start").with_context(|| {
-        format!(
-            "the demo PostgreSQL did not start; its log: {}",
-            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
-        )
-    })?;
+    // The port is chosen right before the start (initdb takes a while),
+    // and chosen again if another process took it first.
+    let log = dir.join("postgres.log");
+    let mut attempt = 0;
+    let port = loop {
+        attempt += 1;
+        let port = free_port(0);
+        let mut c = pg_command(&pg_ctl, as_postgres);
+        c.arg("-D")
+            .arg(&pgdata)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                dir.display()
+            ))
+            .args(["-w", "start"]);
+        let started = run_checked(c, "pg_ctl start");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        match started {
+            Ok(()) => break port,
+            Err(_) if attempt < PG_START_ATTEMPTS && text.contains("could not bind") => {
+                let _ = std::fs::remove_file(&log);
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "the demo PostgreSQL did not start; its log: {text}"
+                )));
+            }
+        }
+    };
 
     let owner_password = random_token();
     let seed = SEED_SQL.replace("__OWNER_PASSWORD__", &owner_password);
@@ -220,7 +241,7 @@ fn start_cluster(port: u16, keep: bool) -> anyhow::Result<(Cluster, String)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((cluster, owner_password))
+    Ok((cluster, owner_password, port))
 }
 
 fn demo_config(data_dir: &Path, pg_port: u16, port: u16, api_port: u16) -> String {
@@ -290,13 +311,18 @@ fn say(text: &str) {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     serve::init_logging(airlock_control::config::LogFormat::Text);
-    let pg_port = free_port(0);
-    let (cluster, owner_password) =
-        tokio::task::spawn_blocking(move || start_cluster(pg_port, args.keep))
+    let (cluster, owner_password, pg_port) =
+        tokio::task::spawn_blocking(move || start_cluster(args.keep))
             .await
             .context("starting the demo PostgreSQL")??;
 
-    let port = free_port(args.port);
+    // 0: the gateway binds any free port itself (and reports it), so no
+    // other process can take it in between.
+    let port = if args.port == 0 {
+        0
+    } else {
+        free_port(args.port)
+    };
     let api_port = free_port(args.api_port);
     let agent = random_token();
     let alice = random_token();

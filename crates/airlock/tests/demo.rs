@@ -30,10 +30,15 @@ fn demo_starts_serves_masks_and_cleans_up() {
         }
     }
     let text = lines.join("\n");
-    assert!(
-        text.contains("airlock ready"),
-        "the demo never became ready:\n{text}"
-    );
+    if !text.contains("airlock ready") {
+        // Stdout closed: the demo exited. Say why.
+        let _ = child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        panic!("the demo never became ready:\n{text}\nstderr:\n{stderr}");
+    }
     let agent_line = lines
         .iter()
         .find(|l| l.contains("user=agent"))
